@@ -1,0 +1,539 @@
+//! The application: builder, startup validation, lifecycle and graceful shutdown.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{self, NatsAuth, NatsSettings, ProcessEnv, Topology};
+use crate::delivery::{Counters, HandlerRuntime, HandlerStats};
+use crate::error::{Error, Result};
+use crate::handler::{HandlerDescriptor, Scope, State, StateMap};
+use crate::idempotency::IdempotencyStore;
+use crate::publish::Publisher;
+use crate::registry::{self, Catalog};
+use crate::transport::jetstream::JetStream;
+use crate::transport::memory::MemoryBroker;
+use crate::transport::Transport;
+
+/// How long in-flight handlers may run on after shutdown starts, unless set.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler of one app shares.
+pub(crate) struct AppShared {
+    service: String,
+    states: StateMap,
+    transport: Arc<dyn Transport>,
+}
+
+impl AppShared {
+    pub(crate) fn new(service: String, states: StateMap, transport: Arc<dyn Transport>) -> Self {
+        AppShared {
+            service,
+            states,
+            transport,
+        }
+    }
+
+    pub(crate) fn service(&self) -> &str {
+        &self.service
+    }
+
+    pub(crate) fn transport(&self) -> &dyn Transport {
+        &*self.transport
+    }
+
+    pub(crate) fn state<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
+        self.states.get::<T>()
+    }
+}
+
+impl fmt::Debug for AppShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppShared")
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+/// Where the app's events travel.
+#[derive(Debug, Clone)]
+enum TransportChoice {
+    Memory(MemoryBroker),
+    Nats(Box<NatsSettings>),
+}
+
+/// The broker a running app is bound to.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    Memory(MemoryBroker),
+    Nats(Arc<JetStream>),
+}
+
+/// An eda service: `App::builder("notifications")...run().await`.
+///
+/// ```no_run
+/// # async fn demo() -> eda::Result<()> {
+/// eda::App::builder("notifications")
+///     .in_memory()
+///     .run() // discover, validate, consume; drain on SIGINT/SIGTERM
+///     .await
+/// # }
+/// ```
+pub struct App {
+    service: String,
+    states: StateMap,
+    handlers: Vec<&'static HandlerDescriptor>,
+    transport: TransportChoice,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    /// Starts configuring the service `service`.
+    pub fn builder(service: impl Into<String>) -> AppBuilder {
+        AppBuilder {
+            service: service.into(),
+            memory: None,
+            nats: NatsSettings::new(""),
+            use_nats: false,
+            use_env: true,
+            states: StateMap::default(),
+            only: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+
+    /// Every event and handler compiled into this binary, with schemas and options.
+    pub fn catalog() -> Catalog {
+        registry::catalog()
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Names of the handlers this app runs.
+    pub fn handler_names(&self) -> Vec<&'static str> {
+        self.handlers.iter().map(|h| h.name).collect()
+    }
+
+    /// Connects, provisions, binds every handler and starts consuming; returns a handle to
+    /// publish and stop. Broker problems (unreachable, bad credentials, conflicting streams)
+    /// are errors here, within the connect timeout.
+    pub async fn start(self) -> Result<RunningApp> {
+        let (phase, signals_rx) = watch::channel(Phase::Running);
+        let signals = Signals { rx: signals_rx };
+        let mut tasks = JoinSet::new();
+        let mut runtimes = Vec::new();
+        let (backend, transport, store): (Backend, Arc<dyn Transport>, Arc<dyn IdempotencyStore>) =
+            match &self.transport {
+                TransportChoice::Memory(broker) => (
+                    Backend::Memory(broker.clone()),
+                    broker.transport(),
+                    broker.store(),
+                ),
+                TransportChoice::Nats(settings) => {
+                    let js = Arc::new(JetStream::connect(settings, &self.service).await?);
+                    js.provision().await?;
+                    let store = js.store().await?;
+                    let transport = js.transport();
+                    (Backend::Nats(js), transport, store)
+                }
+            };
+        let shared = Arc::new(AppShared::new(
+            self.service.clone(),
+            self.states.clone(),
+            transport,
+        ));
+        for descriptor in &self.handlers {
+            let runtime = Arc::new(self.runtime(descriptor, &shared, Arc::clone(&store)));
+            match &backend {
+                Backend::Memory(broker) => {
+                    let consumer = broker.consumer(
+                        &runtime.durable,
+                        descriptor.subject,
+                        descriptor.options.start,
+                    );
+                    let broker = broker.clone();
+                    let (runtime, signals) = (Arc::clone(&runtime), signals.clone());
+                    tasks.spawn(async move { broker.consume(runtime, consumer, signals).await });
+                }
+                Backend::Nats(js) => {
+                    let consumer = js.consumer(&runtime.durable, descriptor).await?;
+                    let js = Arc::clone(js);
+                    let (runtime, signals) = (Arc::clone(&runtime), signals.clone());
+                    tasks.spawn(async move { js.consume(runtime, consumer, signals).await });
+                }
+            }
+            runtimes.push(runtime);
+        }
+        tracing::info!(service = %self.service, handlers = self.handlers.len(), "started");
+        Ok(RunningApp {
+            shared,
+            backend,
+            runtimes,
+            phase,
+            tasks,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+
+    /// Starts, runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> Result<()> {
+        let running = self.start().await?;
+        wait_for_signal().await?;
+        tracing::info!(service = %running.service(), "signal received; shutting down");
+        running.shutdown().await
+    }
+
+    fn runtime(
+        &self,
+        descriptor: &'static HandlerDescriptor,
+        shared: &Arc<AppShared>,
+        store: Arc<dyn IdempotencyStore>,
+    ) -> HandlerRuntime {
+        let service = self.service();
+        HandlerRuntime {
+            descriptor,
+            scope: Arc::new(Scope {
+                handler: descriptor.name.to_owned(),
+                app: Arc::clone(shared),
+            }),
+            service: Arc::from(service),
+            durable: format!("{service}__{}", descriptor.name),
+            dlq_subject: format!("dlq.{service}.{}", descriptor.name),
+            transport: Arc::clone(&shared.transport),
+            store,
+            counters: Counters::default(),
+        }
+    }
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("service", &self.service())
+            .field("handlers", &self.handler_names())
+            .finish()
+    }
+}
+
+/// Configures an [`App`]; every setting is checked when it is built.
+#[must_use]
+pub struct AppBuilder {
+    service: String,
+    memory: Option<MemoryBroker>,
+    nats: NatsSettings,
+    use_nats: bool,
+    use_env: bool,
+    states: StateMap,
+    only: Option<Vec<String>>,
+    shutdown_timeout: Duration,
+}
+
+impl AppBuilder {
+    /// Use a private in-memory broker (the default, unless `EDA_NATS_URL` is set; an explicit
+    /// `in_memory()` is not overridden by the environment).
+    pub fn in_memory(mut self) -> Self {
+        self.memory = Some(MemoryBroker::new());
+        self.use_nats = false;
+        self
+    }
+
+    /// Use a shared in-memory broker (several apps in one process).
+    pub fn memory_broker(mut self, broker: MemoryBroker) -> Self {
+        self.memory = Some(broker);
+        self.use_nats = false;
+        self
+    }
+
+    /// Use NATS JetStream at `url` (`nats://host:4222`, `tls://...`, or a comma-separated
+    /// list of a cluster's URLs); `EDA_NATS_URL` wins.
+    pub fn nats(mut self, url: impl Into<String>) -> Self {
+        self.nats.url = url.into();
+        self.use_nats = true;
+        self.memory = None;
+        self
+    }
+
+    /// Authenticate with a `.creds` file (`EDA_NATS_CREDS` wins).
+    pub fn nats_credentials(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.nats.auth = NatsAuth::CredentialsFile(path.into());
+        self
+    }
+
+    /// Authenticate with user and password (`EDA_NATS_USER` + `EDA_NATS_PASSWORD` win).
+    pub fn nats_user_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.nats.auth = NatsAuth::UserPassword {
+            user: user.into(),
+            password: password.into(),
+        };
+        self
+    }
+
+    /// Authenticate with a token (`EDA_NATS_TOKEN` wins).
+    pub fn nats_token(mut self, token: impl Into<String>) -> Self {
+        self.nats.auth = NatsAuth::Token(token.into());
+        self
+    }
+
+    /// Trust this CA certificate (PEM) for `tls://` URLs (`EDA_NATS_TLS_CA` wins).
+    pub fn nats_tls_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.nats.tls_ca = Some(path.into());
+        self
+    }
+
+    /// Subjects are `<prefix>.<event name>` (default `events`; `EDA_SUBJECT_PREFIX` wins).
+    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.nats.topology.subject_prefix = prefix.into();
+        self
+    }
+
+    /// Replicas of streams and buckets (default: 1, or 3 on a cluster; `EDA_STREAM_REPLICAS`
+    /// wins).
+    pub fn stream_replicas(mut self, replicas: usize) -> Self {
+        self.nats.topology.replicas = Some(replicas);
+        self
+    }
+
+    /// How long the broker waits for an ack before redelivering (default 30 s).
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.nats.topology.ack_wait = ack_wait;
+        self
+    }
+
+    /// Names and limits of every JetStream object (stream and bucket names, windows, TTLs).
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.nats.topology = topology;
+        self
+    }
+
+    /// Give up connecting at startup after this long (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.nats.connect_timeout = timeout;
+        self
+    }
+
+    /// Ignore the `EDA_*` environment variables (for tests that must not be redirected).
+    pub fn without_env(mut self) -> Self {
+        self.use_env = false;
+        self
+    }
+
+    /// Provide a value handlers take as `State<T>`; one per type.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Provide a value handlers take as `State<T>` that the caller keeps a handle to.
+    pub fn shared_state<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.states.insert_arc(value);
+        self
+    }
+
+    /// Run only these handlers (by name) instead of every one for this service.
+    pub fn handlers(mut self, names: &[&str]) -> Self {
+        self.only = Some(names.iter().map(|n| (*n).to_owned()).collect());
+        self
+    }
+
+    /// How long in-flight handlers may finish after shutdown starts (default 30 s); those still
+    /// running then are stopped and their messages redelivered.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Discovers this service's handlers and checks everything; every problem is reported at
+    /// once, one line each.
+    pub fn build(self) -> Result<App> {
+        let mut problems = Vec::new();
+        if let Err(why) = registry::check_plain_name("service name", &self.service) {
+            problems.push(why);
+        }
+        let (handlers, found) = registry::select(&self.service, self.only.as_deref(), &self.states);
+        problems.extend(found);
+        let (nats, env_problems, url_source) = if self.use_env {
+            config::apply_env(
+                self.use_nats.then_some(self.nats),
+                self.memory.is_some(),
+                &ProcessEnv,
+            )
+        } else {
+            (self.use_nats.then_some(self.nats), Vec::new(), "NATS URL")
+        };
+        problems.extend(env_problems);
+        let transport = match nats {
+            Some(settings) => {
+                problems.extend(settings.problems(url_source));
+                TransportChoice::Nats(Box::new(settings))
+            }
+            None => TransportChoice::Memory(self.memory.unwrap_or_default()),
+        };
+        if !problems.is_empty() {
+            return Err(Error::Startup {
+                service: self.service,
+                problems,
+            });
+        }
+        Ok(App {
+            service: self.service,
+            states: self.states,
+            handlers,
+            transport,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+
+    /// Builds and starts the app.
+    pub async fn start(self) -> Result<RunningApp> {
+        self.build()?.start().await
+    }
+
+    /// Builds, starts and runs the app until SIGINT or SIGTERM.
+    pub async fn run(self) -> Result<()> {
+        self.build()?.run().await
+    }
+}
+
+impl fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("service", &self.service)
+            .field("nats", &self.use_nats.then_some(&self.nats))
+            .finish()
+    }
+}
+
+/// A started app: publish with it, read its counters, shut it down.
+pub struct RunningApp {
+    shared: Arc<AppShared>,
+    backend: Backend,
+    runtimes: Vec<Arc<HandlerRuntime>>,
+    phase: watch::Sender<Phase>,
+    tasks: JoinSet<()>,
+    shutdown_timeout: Duration,
+}
+
+impl RunningApp {
+    /// A publisher for this service's events.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(Arc::clone(&self.shared))
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        self.shared.service()
+    }
+
+    /// The broker this app is bound to.
+    #[allow(dead_code)] // used by the NATS mode of TestApp, being written
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Durable consumer names of the handlers, with the handler names.
+    #[allow(dead_code)] // used by the NATS mode of TestApp, being written
+    pub(crate) fn durables(&self) -> Vec<(String, &'static str)> {
+        self.runtimes
+            .iter()
+            .map(|r| (r.durable.clone(), r.descriptor.name))
+            .collect()
+    }
+
+    /// Whether the app is connected to its broker (always, in memory).
+    pub fn is_connected(&self) -> bool {
+        match &self.backend {
+            Backend::Memory(_) => true,
+            Backend::Nats(js) => js.is_connected(),
+        }
+    }
+
+    /// What the handler `name` has done so far, if this app runs it.
+    pub fn stats(&self, name: &str) -> Option<HandlerStats> {
+        self.runtimes
+            .iter()
+            .find(|r| r.descriptor.name == name)
+            .map(|r| r.stats())
+    }
+
+    /// Stops fetching, lets in-flight handlers finish up to the shutdown timeout, then stops
+    /// the rest (their messages are redelivered) and returns.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.phase.send_replace(Phase::Draining);
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(service = %self.service(), "shutdown timeout reached; stopping in-flight handlers");
+            self.phase.send_replace(Phase::Stopped);
+            while self.tasks.join_next().await.is_some() {}
+        }
+        if let Backend::Nats(js) = &self.backend {
+            js.close().await;
+        }
+        tracing::info!(service = %self.service(), "stopped");
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RunningApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningApp")
+            .field("service", &self.service())
+            .field("handlers", &self.runtimes.len())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    Running,
+    Draining,
+    Stopped,
+}
+
+/// What consume loops watch to know when to stop.
+#[derive(Debug, Clone)]
+pub(crate) struct Signals {
+    rx: watch::Receiver<Phase>,
+}
+
+impl Signals {
+    /// Resolves once shutdown started (or the app is gone).
+    pub(crate) async fn draining(&mut self) {
+        let _ = self.rx.wait_for(|p| *p >= Phase::Draining).await;
+    }
+
+    /// Resolves once the shutdown deadline passed (or the app is gone).
+    pub(crate) async fn stopped(&mut self) {
+        let _ = self.rx.wait_for(|p| *p >= Phase::Stopped).await;
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn wait_for_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = term.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
+}

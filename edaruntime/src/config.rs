@@ -1,0 +1,345 @@
+//! Broker settings and the environment variables that override them (DESIGN.md §3).
+//!
+//! | variable | overrides |
+//! | --- | --- |
+//! | `EDA_NATS_URL` | `.nats(url)` (and the in-memory default; not an explicit `.in_memory()`) |
+//! | `EDA_NATS_CREDS` | `.nats_credentials(path)` |
+//! | `EDA_NATS_USER` + `EDA_NATS_PASSWORD` | `.nats_user_password(user, password)` |
+//! | `EDA_NATS_TOKEN` | `.nats_token(token)` |
+//! | `EDA_NATS_TLS_CA` | `.nats_tls_ca(path)` |
+//! | `EDA_STREAM_REPLICAS` | `.stream_replicas(n)` |
+//! | `EDA_SUBJECT_PREFIX` | `.subject_prefix(prefix)` |
+//!
+//! A bad value is a startup error naming the variable and the value.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to authenticate to NATS.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// User and password.
+    UserPassword {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+    /// A `.creds` file (JWT and NKey seed).
+    CredentialsFile(PathBuf),
+}
+
+impl fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, password: \"***\" }}")
+            }
+            NatsAuth::Token(_) => f.write_str("Token(\"***\")"),
+            NatsAuth::CredentialsFile(path) => write!(f, "CredentialsFile({path:?})"),
+        }
+    }
+}
+
+/// Names and limits of the JetStream objects eda provisions (DESIGN.md §5).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Topology {
+    /// Subjects are `<prefix>.<event name>` (default `events`).
+    pub subject_prefix: String,
+    /// The event stream (default `EDA_EVENTS`).
+    pub events_stream: String,
+    /// The dead-letter stream, subjects `dlq.>` (default `EDA_DLQ`).
+    pub dlq_stream: String,
+    /// The processed-id bucket (default `EDA_PROCESSED`).
+    pub processed_bucket: String,
+    /// The schema registry bucket (default `EDA_SCHEMAS`).
+    pub schemas_bucket: String,
+    /// Stream and bucket replicas; `None`: 1 on a single server, 3 on a cluster of 3 or more.
+    pub replicas: Option<usize>,
+    /// The broker drops a repeated event id inside this window (default 2 min).
+    pub duplicate_window: Duration,
+    /// Events are kept this long (default 7 days).
+    pub max_age: Duration,
+    /// Processed ids are kept this long (default 24 h).
+    pub processed_ttl: Duration,
+    /// How long the broker waits for an ack before redelivering (default 30 s); eda sends
+    /// in-progress acks every third of it while a handler runs.
+    pub ack_wait: Duration,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            subject_prefix: "events".into(),
+            events_stream: "EDA_EVENTS".into(),
+            dlq_stream: "EDA_DLQ".into(),
+            processed_bucket: "EDA_PROCESSED".into(),
+            schemas_bucket: "EDA_SCHEMAS".into(),
+            replicas: None,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            processed_ttl: Duration::from_secs(24 * 3600),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything needed to reach and use a NATS server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NatsSettings {
+    /// One URL or a comma-separated list (`nats://` or `tls://`).
+    pub url: String,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// CA certificate for `tls://` URLs.
+    pub tls_ca: Option<PathBuf>,
+    /// Streams, buckets and limits.
+    pub topology: Topology,
+    /// Give up connecting at startup after this long (default 5 s).
+    pub connect_timeout: Duration,
+    /// A publish not confirmed within this long fails (default 5 s).
+    pub publish_timeout: Duration,
+}
+
+impl NatsSettings {
+    /// Settings for `url` with every default.
+    pub fn new(url: impl Into<String>) -> NatsSettings {
+        NatsSettings {
+            url: url.into(),
+            auth: NatsAuth::None,
+            tls_ca: None,
+            topology: Topology::default(),
+            connect_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks the settings; one message per problem.
+    pub(crate) fn problems(&self, url_source: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        let mut tls = false;
+        for url in &urls {
+            match url.split_once("://") {
+                Some(("nats", rest)) | Some(("tls", rest)) if !rest.is_empty() => {
+                    tls |= url.starts_with("tls://");
+                }
+                _ => problems.push(format!(
+                    "{}: expected a nats:// or tls:// URL (or a comma-separated list), e.g. nats://127.0.0.1:4222",
+                    labelled(url_source, &self.url)
+                )),
+            }
+        }
+        if tls && self.tls_ca.is_none() {
+            problems.push(format!(
+                "{} uses tls:// but no CA certificate was given: set EDA_NATS_TLS_CA or call `.nats_tls_ca(path)`",
+                labelled(url_source, &self.url)
+            ));
+        }
+        if let Some(ca) = &self.tls_ca {
+            if !ca.is_file() {
+                problems.push(format!("TLS CA `{}` is not a readable file", ca.display()));
+            }
+        }
+        if let NatsAuth::CredentialsFile(path) = &self.auth {
+            if !path.is_file() {
+                problems.push(format!(
+                    "credentials file `{}` is not a readable file",
+                    path.display()
+                ));
+            }
+        }
+        let prefix = &self.topology.subject_prefix;
+        if prefix.is_empty()
+            || prefix
+                .split('.')
+                .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
+        {
+            problems.push(format!(
+                "subject prefix `{prefix}` must be dot-separated tokens without wildcards or spaces, e.g. `events`"
+            ));
+        }
+        if let Some(replicas) = self.topology.replicas {
+            if !(1..=5).contains(&replicas) {
+                problems.push(format!(
+                    "stream replicas must be from 1 to 5, not {replicas}"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// `EDA_NATS_URL=`x`` for a variable, `NATS URL `x`` for a builder value.
+fn labelled(source: &str, value: &str) -> String {
+    if source.starts_with("EDA_") {
+        format!("{source}=`{value}`")
+    } else {
+        format!("{source} `{value}`")
+    }
+}
+
+/// A source of environment variables (the process, or a map in tests).
+pub(crate) trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub(crate) struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// Applies the `EDA_NATS_*`, `EDA_STREAM_REPLICAS` and `EDA_SUBJECT_PREFIX` variables.
+/// Returns the settings to use (if NATS was chosen by code or environment) and the problems.
+pub(crate) fn apply_env(
+    settings: Option<NatsSettings>,
+    explicit_memory: bool,
+    env: &dyn Env,
+) -> (Option<NatsSettings>, Vec<String>, &'static str) {
+    let mut problems = Vec::new();
+    let mut url_source = "NATS URL";
+    let mut settings = settings;
+    if let Some(url) = env.var("EDA_NATS_URL") {
+        if !explicit_memory {
+            let mut s = settings.unwrap_or_else(|| NatsSettings::new(""));
+            s.url = url;
+            url_source = "EDA_NATS_URL";
+            settings = Some(s);
+        }
+    }
+    let Some(mut s) = settings else {
+        return (None, problems, url_source);
+    };
+    if let Some(path) = env.var("EDA_NATS_CREDS") {
+        s.auth = NatsAuth::CredentialsFile(path.into());
+    }
+    match (env.var("EDA_NATS_USER"), env.var("EDA_NATS_PASSWORD")) {
+        (Some(user), Some(password)) => s.auth = NatsAuth::UserPassword { user, password },
+        (Some(user), None) => problems.push(format!(
+            "EDA_NATS_USER=`{user}` is set but EDA_NATS_PASSWORD is not: set both"
+        )),
+        (None, Some(_)) => {
+            problems.push("EDA_NATS_PASSWORD is set but EDA_NATS_USER is not: set both".into())
+        }
+        (None, None) => {}
+    }
+    if let Some(token) = env.var("EDA_NATS_TOKEN") {
+        s.auth = NatsAuth::Token(token);
+    }
+    if let Some(ca) = env.var("EDA_NATS_TLS_CA") {
+        s.tls_ca = Some(ca.into());
+    }
+    if let Some(replicas) = env.var("EDA_STREAM_REPLICAS") {
+        match replicas.parse::<usize>() {
+            Ok(n) if (1..=5).contains(&n) => s.topology.replicas = Some(n),
+            _ => problems.push(format!(
+                "EDA_STREAM_REPLICAS=`{replicas}`: expected a number of replicas from 1 to 5"
+            )),
+        }
+    }
+    if let Some(prefix) = env.var("EDA_SUBJECT_PREFIX") {
+        s.topology.subject_prefix = prefix;
+    }
+    (Some(s), problems, url_source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| (*v).to_owned())
+        }
+    }
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> MapEnv {
+        MapEnv(pairs.iter().copied().collect())
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_builder() {
+        let (s, problems, source) = apply_env(
+            Some(NatsSettings::new("nats://code:4222")),
+            false,
+            &env(&[
+                ("EDA_NATS_URL", "nats://env:4222"),
+                ("EDA_STREAM_REPLICAS", "3"),
+                ("EDA_SUBJECT_PREFIX", "prod.events"),
+            ]),
+        );
+        let s = s.unwrap();
+        assert_eq!(s.url, "nats://env:4222");
+        assert_eq!(source, "EDA_NATS_URL");
+        assert_eq!(s.topology.replicas, Some(3));
+        assert_eq!(s.topology.subject_prefix, "prod.events");
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn eda_nats_url_switches_the_default_but_not_an_explicit_in_memory_choice() {
+        let e = env(&[("EDA_NATS_URL", "nats://env:4222")]);
+        assert!(apply_env(None, false, &e).0.is_some());
+        assert!(apply_env(None, true, &e).0.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_value() {
+        let (s, problems, source) = apply_env(
+            None,
+            false,
+            &env(&[
+                ("EDA_NATS_URL", "ftp://x"),
+                ("EDA_STREAM_REPLICAS", "three"),
+                ("EDA_NATS_USER", "ada"),
+            ]),
+        );
+        assert_eq!(
+            problems,
+            [
+                "EDA_NATS_USER=`ada` is set but EDA_NATS_PASSWORD is not: set both",
+                "EDA_STREAM_REPLICAS=`three`: expected a number of replicas from 1 to 5",
+            ]
+        );
+        assert_eq!(
+            s.unwrap().problems(source),
+            ["EDA_NATS_URL=`ftp://x`: expected a nats:// or tls:// URL (or a comma-separated list), e.g. nats://127.0.0.1:4222"]
+        );
+    }
+
+    #[test]
+    fn tls_urls_need_a_ca() {
+        let s = NatsSettings::new("tls://127.0.0.1:4222");
+        assert_eq!(
+            s.problems("NATS URL"),
+            ["NATS URL `tls://127.0.0.1:4222` uses tls:// but no CA certificate was given: set EDA_NATS_TLS_CA or call `.nats_tls_ca(path)`"]
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let auth = NatsAuth::UserPassword {
+            user: "ada".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{auth:?}").contains("hunter2"));
+        assert!(!format!("{:?}", NatsAuth::Token("s3cret".into())).contains("s3cret"));
+    }
+}

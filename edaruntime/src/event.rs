@@ -1,0 +1,499 @@
+//! Events: the [`Event`] trait, their [`Metadata`], and the three ways a handler receives one
+//! ([`Event`] types themselves, [`Envelope`] and [`RawEvent`]).
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A typed, versioned event. Implemented by `#[event]` or `#[derive(Event)]`; do not
+/// implement it by hand.
+///
+/// ```
+/// use eda::prelude::*;
+///
+/// #[event("user.created", version = 1)]
+/// pub struct UserCreated { pub id: u64, pub email: String }
+///
+/// assert_eq!(UserCreated::NAME, "user.created");
+/// assert_eq!(UserCreated::VERSION, 1);
+/// assert_eq!(UserCreated::fingerprint().len(), 64);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an eda event",
+    label = "not an event",
+    note = "add `#[event]` (or `#[derive(Event)]`) to the definition of `{Self}`"
+)]
+pub trait Event:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static
+{
+    /// The event name, e.g. `user.created`; also its subject.
+    const NAME: &'static str;
+    /// The schema version this type describes (1 or more).
+    const VERSION: u32;
+    /// The oldest version this type can decode through its `upcast_from` chain.
+    const OLDEST_VERSION: u32;
+
+    /// Decodes a payload published as `version`, upcasting older versions step by step.
+    fn decode_version(version: u32, payload: &[u8]) -> Result<Self, DecodeError>;
+
+    /// The JSON Schema of this version.
+    fn schema() -> serde_json::Value {
+        schema_of::<Self>()
+    }
+
+    /// A stable fingerprint of [`Event::schema`]; see [`fingerprint`].
+    fn fingerprint() -> String {
+        fingerprint(&Self::schema())
+    }
+}
+
+/// The JSON Schema (draft 2020-12, from schemars) of `T`.
+pub fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+    schemars::SchemaGenerator::default()
+        .into_root_schema_for::<T>()
+        .to_value()
+}
+
+/// Fingerprint of a schema: lowercase hex SHA-256 of its canonical JSON (object keys sorted,
+/// no white space) without the annotation keywords `title`, `description`, `$schema` and
+/// `examples` at any level, so that doc comments and renaming the Rust type do not change it.
+/// It changes whenever a field, a type, a constraint or a nested type's name changes.
+pub fn fingerprint(schema: &serde_json::Value) -> String {
+    let mut canonical = String::new();
+    write_schema(schema, &mut canonical);
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Keywords that annotate a schema without constraining instances.
+const ANNOTATIONS: &[&str] = &["title", "description", "$schema", "examples"];
+/// Keywords whose value maps names to schemas.
+const SCHEMA_MAPS: &[&str] = &[
+    "properties",
+    "$defs",
+    "definitions",
+    "patternProperties",
+    "dependentSchemas",
+];
+/// Keywords whose value is instance data, not a schema.
+const DATA: &[&str] = &["enum", "const", "default", "required"];
+
+fn write_schema(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map
+                .keys()
+                .filter(|k| !ANNOTATIONS.contains(&k.as_str()))
+                .collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_key(key, out);
+                let child = &map[key];
+                match (key.as_str(), child) {
+                    (k, serde_json::Value::Object(schemas)) if SCHEMA_MAPS.contains(&k) => {
+                        let mut names: Vec<&String> = schemas.keys().collect();
+                        names.sort();
+                        out.push('{');
+                        for (j, name) in names.into_iter().enumerate() {
+                            if j > 0 {
+                                out.push(',');
+                            }
+                            write_key(name, out);
+                            write_schema(&schemas[name], out);
+                        }
+                        out.push('}');
+                    }
+                    (k, data) if DATA.contains(&k) => write_canonical(data, out),
+                    (_, nested) => write_schema(nested, out),
+                }
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_schema(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+fn write_key(key: &str, out: &mut String) {
+    out.push_str(&serde_json::Value::String(key.to_owned()).to_string());
+    out.push(':');
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_key(key, out);
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Why a message could not be turned into the handler's event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload is not valid JSON for the event's schema (the serde message).
+    Payload {
+        /// Event name.
+        event: String,
+        /// The version the payload claimed.
+        version: u32,
+        /// serde's message.
+        message: String,
+    },
+    /// The message is of a version newer than any this handler knows. Delivery retries it
+    /// (a newer instance may take it during a rolling deploy), then dead-letters it.
+    UnknownVersion {
+        /// Event name.
+        event: String,
+        /// The version the message carries.
+        version: u32,
+        /// The newest version this handler knows.
+        newest: u32,
+    },
+    /// The message is older than the oldest version in the upcast chain.
+    TooOld {
+        /// Event name.
+        event: String,
+        /// The version the message carries.
+        version: u32,
+        /// The oldest version this handler can upcast from.
+        oldest: u32,
+    },
+    /// A header has a value that cannot be read.
+    Header {
+        /// The header.
+        header: String,
+        /// Its value.
+        value: String,
+    },
+    /// The message is a different event than expected (headers or subject disagree).
+    Mismatch {
+        /// What the handler or the subject expects.
+        expected: String,
+        /// What the message says it is.
+        found: String,
+    },
+}
+
+impl DecodeError {
+    /// The dead-letter reason this error leads to: `version` or `decode`.
+    pub fn reason(&self) -> crate::delivery::DlqReason {
+        match self {
+            DecodeError::UnknownVersion { .. } | DecodeError::TooOld { .. } => {
+                crate::delivery::DlqReason::Version
+            }
+            _ => crate::delivery::DlqReason::Decode,
+        }
+    }
+
+    /// Whether another attempt could succeed: only for a version newer than known.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DecodeError::UnknownVersion { .. })
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Payload { event, version, message } => {
+                write!(f, "payload is not a valid `{event}` v{version}: {message}")
+            }
+            DecodeError::UnknownVersion { event, version, newest } => write!(
+                f,
+                "`{event}` v{version} is newer than the newest version this handler knows (v{newest})"
+            ),
+            DecodeError::TooOld { event, version, oldest } => write!(
+                f,
+                "`{event}` v{version} is older than the oldest version this handler can upcast from (v{oldest})"
+            ),
+            DecodeError::Header { header, value } => {
+                write!(f, "header `{header}` has an unreadable value `{value}`")
+            }
+            DecodeError::Mismatch { expected, found } => {
+                write!(f, "expected event `{expected}` but the message is `{found}`")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// What travels with every event besides its payload (DESIGN.md §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metadata {
+    /// Event id: a UUID v7 for events eda publishes; `Nats-Msg-Id` or the stream sequence for
+    /// messages from plain clients.
+    pub id: String,
+    /// Event name.
+    pub name: String,
+    /// Schema version of the payload.
+    pub version: u32,
+    /// When it was published.
+    pub time: SystemTime,
+    /// The publishing service (empty if unknown).
+    pub source: String,
+    /// Shared by every event of one conversation; the first event's id by default.
+    pub correlation_id: String,
+    /// The id of the event whose handler published this one.
+    pub causation_id: Option<String>,
+    /// The subject, without the transport's prefix (the event name, for eda publishers).
+    pub subject: String,
+    /// Schema fingerprint, if the publisher sent one.
+    pub schema: Option<String>,
+    /// W3C `traceparent`, if any.
+    pub traceparent: Option<String>,
+    /// Position in the broker's stream, if the transport has one.
+    pub sequence: Option<u64>,
+}
+
+impl Metadata {
+    /// Metadata for a new event: fresh UUID v7 id, now, version and name from the type.
+    pub fn new(name: &str, version: u32, source: &str) -> Metadata {
+        let id = uuid::Uuid::now_v7().to_string();
+        Metadata {
+            correlation_id: id.clone(),
+            id,
+            name: name.to_owned(),
+            version,
+            time: SystemTime::now(),
+            source: source.to_owned(),
+            causation_id: None,
+            subject: name.to_owned(),
+            schema: None,
+            traceparent: None,
+            sequence: None,
+        }
+    }
+
+    /// The publish time as RFC 3339 (UTC, milliseconds).
+    pub fn time_rfc3339(&self) -> String {
+        humantime::format_rfc3339_millis(self.time).to_string()
+    }
+}
+
+/// Any event, undecoded: for wildcard handlers (`#[handler("payment.*")]`).
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    metadata: Arc<Metadata>,
+    payload: Bytes,
+    attempt: u32,
+}
+
+impl RawEvent {
+    /// A raw event (used by transports and tests).
+    pub fn new(metadata: Arc<Metadata>, payload: Bytes, attempt: u32) -> RawEvent {
+        RawEvent {
+            metadata,
+            payload,
+            attempt,
+        }
+    }
+
+    /// Event name.
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// Schema version of the payload.
+    pub fn version(&self) -> u32 {
+        self.metadata.version
+    }
+
+    /// Everything but the payload.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The shared metadata.
+    pub fn metadata_arc(&self) -> &Arc<Metadata> {
+        &self.metadata
+    }
+
+    /// The JSON payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload as cheap-to-clone bytes.
+    pub fn payload_bytes(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Which delivery this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The payload as a JSON value.
+    pub fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
+
+    /// Decodes into `E`, upcasting older versions; fails if this is another event.
+    pub fn decode<E: Event>(&self) -> Result<E, DecodeError> {
+        if self.metadata.name != E::NAME {
+            return Err(DecodeError::Mismatch {
+                expected: E::NAME.to_owned(),
+                found: self.metadata.name.clone(),
+            });
+        }
+        E::decode_version(self.metadata.version, &self.payload)
+    }
+}
+
+/// An event with its metadata: take `Envelope<E>` instead of `E` to see ids and times.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Envelope<E> {
+    /// The decoded (and upcast) event.
+    pub event: E,
+    /// Its metadata; `version` is the version it was published as.
+    pub metadata: Arc<Metadata>,
+    /// Which delivery this is (1 for the first).
+    pub attempt: u32,
+}
+
+impl<E> Envelope<E> {
+    /// Event id.
+    pub fn id(&self) -> &str {
+        &self.metadata.id
+    }
+
+    /// Correlation id.
+    pub fn correlation_id(&self) -> &str {
+        &self.metadata.correlation_id
+    }
+
+    /// Causation id.
+    pub fn causation_id(&self) -> Option<&str> {
+        self.metadata.causation_id.as_deref()
+    }
+
+    /// The event, dropping the metadata.
+    pub fn into_inner(self) -> E {
+        self.event
+    }
+}
+
+impl<E> Deref for Envelope<E> {
+    type Target = E;
+    fn deref(&self) -> &E {
+        &self.event
+    }
+}
+
+/// Decodes `payload` of `version` as exactly `E` (no upcast chain).
+pub(crate) fn decode_exact<E: Event>(version: u32, payload: &[u8]) -> Result<E, DecodeError> {
+    if version == E::VERSION {
+        return serde_json::from_slice(payload).map_err(|e| DecodeError::Payload {
+            event: E::NAME.to_owned(),
+            version,
+            message: e.to_string(),
+        });
+    }
+    Err(version_error::<E>(version))
+}
+
+/// Decodes `payload` of `version` as `E`, or as its predecessor `P` and upcasts.
+pub(crate) fn decode_upcast<E, P>(version: u32, payload: &[u8]) -> Result<E, DecodeError>
+where
+    E: Event + From<P>,
+    P: Event,
+{
+    if version >= E::VERSION {
+        return decode_exact::<E>(version, payload);
+    }
+    if version < E::OLDEST_VERSION {
+        return Err(version_error::<E>(version));
+    }
+    P::decode_version(version, payload).map(E::from)
+}
+
+fn version_error<E: Event>(version: u32) -> DecodeError {
+    if version > E::VERSION {
+        DecodeError::UnknownVersion {
+            event: E::NAME.to_owned(),
+            version,
+            newest: E::VERSION,
+        }
+    } else {
+        DecodeError::TooOld {
+            event: E::NAME.to_owned(),
+            version,
+            oldest: E::OLDEST_VERSION,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_key_order_and_title() {
+        let a = serde_json::json!({"title": "A", "type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "string"}}});
+        let b = serde_json::json!({"properties": {"y": {"type": "string"}, "x": {"type": "integer"}}, "type": "object", "title": "B"});
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        let c = serde_json::json!({"type": "object", "properties": {"x": {"type": "string"}}});
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+
+    #[test]
+    fn annotations_do_not_count_but_property_names_do() {
+        let a = serde_json::json!({"type": "object", "description": "doc", "properties": {"title": {"type": "string", "description": "x"}}});
+        let b = serde_json::json!({"type": "object", "properties": {"title": {"type": "string"}}});
+        let c = serde_json::json!({"type": "object", "properties": {"name": {"type": "string"}}});
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&b), fingerprint(&c));
+    }
+
+    #[test]
+    fn fingerprint_algorithm_is_pinned() {
+        // `printf '{"type":"object"}' | sha256sum`: the canonical form drops the root title.
+        assert_eq!(
+            fingerprint(&serde_json::json!({"type": "object", "title": "Anything"})),
+            "a2c799262a3ce3c19ef5cdd983bf3d12b43ab3c426227091b909dcb7054738c0"
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! Publishing events: [`Publisher`] and [`PublishOptions`].
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use bytes::Bytes;
+
+use crate::app::AppShared;
+use crate::error::PublishError;
+use crate::event::{Event, Metadata};
+use crate::transport::Outbound;
+
+/// Overrides for one publish.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct PublishOptions {
+    id: Option<String>,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+}
+
+impl PublishOptions {
+    /// Use this event id instead of a new UUID v7 (e.g. when re-publishing from an outbox:
+    /// the broker drops a repeat inside its duplicate window).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Join an existing conversation.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Name the event that caused this one.
+    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+}
+
+/// Publishes events from outside handlers (inside a handler use `Context::publish`).
+/// `Ok` means the broker stored the event.
+#[derive(Clone)]
+pub struct Publisher {
+    app: Arc<AppShared>,
+}
+
+impl Publisher {
+    pub(crate) fn new(app: Arc<AppShared>) -> Publisher {
+        Publisher { app }
+    }
+
+    /// Publishes one event and waits for the broker to store it; returns its id.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<String, PublishError> {
+        send(&self.app, event, PublishOptions::default()).await
+    }
+
+    /// Publishes one event with explicit ids.
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        options: PublishOptions,
+    ) -> Result<String, PublishError> {
+        send(&self.app, event, options).await
+    }
+
+    /// Publishes a payload as event `name` of `version` without a Rust type (bridges, replays,
+    /// tests of bad payloads); returns its id once stored.
+    pub async fn publish_raw(
+        &self,
+        name: &str,
+        version: u32,
+        payload: impl Into<Bytes>,
+    ) -> Result<String, PublishError> {
+        let metadata = Metadata::new(name, version, self.app.service());
+        let id = metadata.id.clone();
+        let message = Outbound {
+            metadata: Arc::new(metadata),
+            payload: payload.into(),
+            explicit_id: false,
+        };
+        self.app.transport().publish(message).await?;
+        Ok(id)
+    }
+
+    /// Publishes many events with their broker confirmations in flight together (pipelined);
+    /// returns their ids in order once every one is stored. On error some may be stored:
+    /// publishing the same ids again is safe (the broker drops repeats).
+    pub async fn publish_all<'a, E, I>(&self, events: I) -> Result<Vec<String>, PublishError>
+    where
+        E: Event,
+        I: IntoIterator<Item = &'a E>,
+    {
+        let source = self.app.service();
+        let mut ids = Vec::new();
+        let mut batch = Vec::new();
+        for event in events {
+            let message = outbound(event, PublishOptions::default(), source)?;
+            ids.push(message.metadata.id.clone());
+            batch.push(message);
+        }
+        self.app.transport().publish_many(batch).await?;
+        Ok(ids)
+    }
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("service", &self.app.service())
+            .finish()
+    }
+}
+
+pub(crate) async fn send<E: Event>(
+    app: &AppShared,
+    event: &E,
+    options: PublishOptions,
+) -> Result<String, PublishError> {
+    let message = outbound(event, options, app.service())?;
+    let id = message.metadata.id.clone();
+    app.transport().publish(message).await?;
+    Ok(id)
+}
+
+/// Serializes an event and builds its metadata.
+pub(crate) fn outbound<E: Event>(
+    event: &E,
+    options: PublishOptions,
+    source: &str,
+) -> Result<Outbound, PublishError> {
+    let payload = serde_json::to_vec(event).map_err(PublishError::Encode)?;
+    let mut metadata = Metadata::new(E::NAME, E::VERSION, source);
+    let explicit_id = options.id.is_some();
+    if let Some(id) = options.id {
+        metadata.correlation_id.clone_from(&id);
+        metadata.id = id;
+    }
+    if let Some(correlation) = options.correlation_id {
+        metadata.correlation_id = correlation;
+    }
+    metadata.causation_id = options.causation_id;
+    metadata.schema = Some(cached_fingerprint::<E>());
+    Ok(Outbound {
+        metadata: Arc::new(metadata),
+        payload: Bytes::from(payload),
+        explicit_id,
+    })
+}
+
+/// Fingerprints cost a schema generation and a hash: compute each type's once.
+fn cached_fingerprint<E: Event>() -> String {
+    static CACHE: OnceLock<RwLock<HashMap<TypeId, String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = TypeId::of::<E>();
+    if let Some(found) = cache.read().ok().and_then(|map| map.get(&key).cloned()) {
+        return found;
+    }
+    let fingerprint = E::fingerprint();
+    if let Ok(mut map) = cache.write() {
+        map.insert(key, fingerprint.clone());
+    }
+    fingerprint
+}

@@ -1,0 +1,893 @@
+//! The NATS JetStream transport: provisioning (DESIGN.md §5), publishing with broker
+//! confirmation, pull consumers, acks. What to do with a message is decided in
+//! [`crate::delivery`]; this module only carries bytes, acks and naks.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use async_nats::{HeaderMap, ServerAddr};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{Acknowledge, Outbound, Transport};
+use crate::app::Signals;
+use crate::config::{NatsAuth, NatsSettings};
+use crate::delivery::{DeadLetter, Delivery, HandlerRuntime};
+use crate::error::{Error, PublishError};
+use crate::event::RawEvent;
+use crate::handler::{HandlerDescriptor, Start};
+use crate::idempotency::{IdempotencyStore, Recorded, StoreError};
+use crate::registry;
+use crate::wire;
+
+/// Publishes awaiting confirmation at once in `publish_all`.
+const PUBLISH_WINDOW: usize = 1024;
+
+/// A connection to NATS with JetStream, and the topology eda needs on it.
+pub(crate) struct JetStream {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    settings: NatsSettings,
+    replicas: usize,
+    connected: Arc<AtomicBool>,
+    reconnects: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for JetStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStream")
+            .field("url", &self.settings.url)
+            .field("replicas", &self.replicas)
+            .finish()
+    }
+}
+
+fn broker_error(message: impl Into<String>) -> Error {
+    Error::Broker(message.into())
+}
+
+#[allow(dead_code)] // `pending`, `context`, `settings`: for the NATS mode of TestApp, being written
+impl JetStream {
+    /// Connects (bounded by the connect timeout), checking JetStream is enabled.
+    pub(crate) async fn connect(
+        settings: &NatsSettings,
+        service: &str,
+    ) -> Result<JetStream, Error> {
+        let url = &settings.url;
+        let addresses = settings
+            .url
+            .split(',')
+            .map(|u| u.trim().parse::<ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| broker_error(format!("cannot parse NATS URL `{url}`: {e}")))?;
+        let connected = Arc::new(AtomicBool::new(false));
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let mut options = async_nats::ConnectOptions::new()
+            .name(service)
+            .connection_timeout(settings.connect_timeout)
+            .max_reconnects(None)
+            .event_callback({
+                let connected = Arc::clone(&connected);
+                let reconnects = Arc::clone(&reconnects);
+                move |event| {
+                    match event {
+                        async_nats::Event::Connected => {
+                            if !connected.swap(true, Ordering::SeqCst) {
+                                reconnects.fetch_add(1, Ordering::Relaxed);
+                            }
+                            tracing::info!("connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => {
+                            connected.store(false, Ordering::SeqCst);
+                            tracing::warn!("disconnected from NATS; reconnecting");
+                        }
+                        other => tracing::debug!(event = %other, "NATS event"),
+                    }
+                    async {}
+                }
+            });
+        options = match &settings.auth {
+            NatsAuth::None => options,
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(token) => options.token(token.clone()),
+            NatsAuth::CredentialsFile(path) => {
+                options.credentials_file(path).await.map_err(|e| {
+                    broker_error(format!(
+                        "cannot read credentials file `{}`: {e}",
+                        path.display()
+                    ))
+                })?
+            }
+        };
+        if let Some(ca) = &settings.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let attempt = tokio::time::timeout(
+            settings.connect_timeout + Duration::from_secs(1),
+            options.connect(addresses),
+        )
+        .await;
+        let client = match attempt {
+            Err(_) => {
+                return Err(broker_error(format!(
+                    "cannot connect to NATS at `{url}`: no answer within {}; is nats-server running there?",
+                    humantime::format_duration(settings.connect_timeout)
+                )))
+            }
+            Ok(Err(e)) => return Err(connect_error(url, &e)),
+            Ok(Ok(client)) => client,
+        };
+        connected.store(true, Ordering::SeqCst);
+        let info = client.server_info();
+        if !info.jetstream {
+            return Err(broker_error(format!(
+                "the NATS server at `{url}` has JetStream disabled: start nats-server with `-js`"
+            )));
+        }
+        let replicas = settings.topology.replicas.unwrap_or(
+            if info.cluster.is_some() && info.connect_urls.len() >= 3 {
+                3
+            } else {
+                1
+            },
+        );
+        let context = jetstream::ContextBuilder::new()
+            .timeout(settings.publish_timeout)
+            .build(client.clone());
+        Ok(JetStream {
+            client,
+            context,
+            settings: settings.clone(),
+            replicas,
+            connected,
+            reconnects,
+        })
+    }
+
+    /// Whether the connection is up now.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// How many times the connection came back after being lost.
+    #[allow(dead_code)]
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Creates what is missing (streams, buckets) and checks what exists; registers schemas.
+    /// Safe to run from many instances at once.
+    pub(crate) async fn provision(&self) -> Result<(), Error> {
+        let t = &self.settings.topology;
+        self.ensure_stream(&t.events_stream, &format!("{}.>", t.subject_prefix))
+            .await?;
+        self.ensure_stream(&t.dlq_stream, "dlq.>").await?;
+        self.ensure_bucket(&t.processed_bucket, t.processed_ttl)
+            .await?;
+        let schemas = self
+            .ensure_bucket(&t.schemas_bucket, Duration::ZERO)
+            .await?;
+        self.register_schemas(&schemas).await
+    }
+
+    async fn ensure_stream(&self, name: &str, subject: &str) -> Result<(), Error> {
+        let t = &self.settings.topology;
+        let wanted = stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window: t.duplicate_window,
+            max_age: t.max_age,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            match self.context.get_stream(name).await {
+                Ok(mut existing) => {
+                    let info = existing
+                        .info()
+                        .await
+                        .map_err(|e| broker_error(format!("cannot read stream `{name}`: {e}")))?;
+                    return self.check_stream(name, subject, &info.config);
+                }
+                Err(e) if is_code(&e, jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+                    match self.context.create_stream(wanted.clone()).await {
+                        Ok(_) => {
+                            tracing::info!(
+                                stream = name,
+                                subject,
+                                replicas = self.replicas,
+                                "created stream"
+                            );
+                            return Ok(());
+                        }
+                        // Another instance created it first: read and check it.
+                        Err(e) if e.to_string().contains("already in use") => continue,
+                        Err(e) => {
+                            return Err(broker_error(format!(
+                                "cannot create stream `{name}` for `{subject}`: {e}"
+                            )))
+                        }
+                    }
+                }
+                Err(e) => return Err(broker_error(format!("cannot look up stream `{name}`: {e}"))),
+            }
+        }
+        Err(broker_error(format!(
+            "stream `{name}` could not be created or read"
+        )))
+    }
+
+    /// An existing stream must carry eda's subjects with limits retention; eda never rewrites
+    /// a stream it finds.
+    fn check_stream(
+        &self,
+        name: &str,
+        subject: &str,
+        config: &stream::Config,
+    ) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        if !config.subjects.iter().any(|s| s == subject) {
+            problems.push(format!(
+                "stream `{name}` exists with subjects {:?}, but eda needs `{subject}` in `subjects`: edit the stream, or choose another name with `.stream_name(..)`",
+                config.subjects
+            ));
+        }
+        if config.retention != stream::RetentionPolicy::Limits {
+            problems.push(format!(
+                "stream `{name}` exists with `retention` {:?}, but eda needs `limits` (every service reads every event)",
+                config.retention
+            ));
+        }
+        if let Some(replicas) = self.settings.topology.replicas {
+            if config.num_replicas != replicas {
+                problems.push(format!(
+                    "stream `{name}` exists with `num_replicas` {}, but {replicas} was asked for",
+                    config.num_replicas
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(broker_error(problems.join("; ")))
+        }
+    }
+
+    async fn ensure_bucket(&self, bucket: &str, ttl: Duration) -> Result<kv::Store, Error> {
+        if let Ok(store) = self.context.get_key_value(bucket).await {
+            return Ok(store);
+        }
+        let config = kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age: ttl,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        match self.context.create_key_value(config).await {
+            Ok(store) => Ok(store),
+            Err(create_error) => self.context.get_key_value(bucket).await.map_err(|_| {
+                broker_error(format!(
+                    "cannot create key-value bucket `{bucket}`: {create_error}"
+                ))
+            }),
+        }
+    }
+
+    /// Writes each event version's schema to the registry if absent; a different fingerprint
+    /// already there is a startup error.
+    async fn register_schemas(&self, schemas: &kv::Store) -> Result<(), Error> {
+        let bucket = &self.settings.topology.schemas_bucket;
+        let mut problems = Vec::new();
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for event in registry::catalog().events {
+            let key = format!("{}.v{}", event.name, event.version);
+            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+                if *other != event.fingerprint {
+                    problems.push(format!(
+                        "event `{}` v{} has two different schemas in this binary (fingerprints `{other}` and `{}`): give one of them another version",
+                        event.name, event.version, event.fingerprint
+                    ));
+                }
+                continue;
+            }
+            seen.push((key.clone(), event.fingerprint.clone()));
+            let value = serde_json::json!({
+                "name": event.name,
+                "version": event.version,
+                "fingerprint": event.fingerprint,
+                "schema": event.schema,
+            });
+            let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+            match schemas.create(&key, bytes).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let stored = schemas.get(&key).await.map_err(|e| {
+                        broker_error(format!("cannot read schema `{key}` from `{bucket}`: {e}"))
+                    })?;
+                    let registered = stored
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["fingerprint"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    if registered != event.fingerprint {
+                        problems.push(format!(
+                            "event `{}` v{}: this binary's schema has fingerprint `{}` but the registry `{bucket}` has `{registered}`; another service publishes or reads a different schema under this version — give the changed schema a new version",
+                            event.name, event.version, event.fingerprint
+                        ));
+                    }
+                }
+                Err(e) => {
+                    return Err(broker_error(format!(
+                        "cannot register schema `{key}` in `{bucket}`: {e}"
+                    )))
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(broker_error(problems.join("; ")))
+        }
+    }
+
+    /// The processed-id store on the `EDA_PROCESSED` bucket.
+    pub(crate) async fn store(&self) -> Result<Arc<dyn IdempotencyStore>, Error> {
+        let t = &self.settings.topology;
+        let bucket = self
+            .ensure_bucket(&t.processed_bucket, t.processed_ttl)
+            .await?;
+        Ok(Arc::new(KvStore { bucket }))
+    }
+
+    /// The publishing side.
+    pub(crate) fn transport(&self) -> Arc<dyn Transport> {
+        Arc::new(JetStreamTransport {
+            context: self.context.clone(),
+            prefix: self.settings.topology.subject_prefix.clone(),
+        })
+    }
+
+    /// The consumer's filter subject for a handler's subject pattern.
+    pub(crate) fn filter_subject(&self, subject: &str) -> String {
+        format!("{}.{subject}", self.settings.topology.subject_prefix)
+    }
+
+    /// The durable pull consumer of one handler, created if missing. An existing one with
+    /// another filter or ack policy is an error; its limits are updated to what the code asks.
+    pub(crate) async fn consumer(
+        &self,
+        durable: &str,
+        descriptor: &HandlerDescriptor,
+    ) -> Result<consumer::PullConsumer, Error> {
+        let t = &self.settings.topology;
+        let stream = self
+            .context
+            .get_stream(&t.events_stream)
+            .await
+            .map_err(|e| {
+                broker_error(format!("cannot look up stream `{}`: {e}", t.events_stream))
+            })?;
+        let options = &descriptor.options;
+        let wanted = consumer::pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: self.filter_subject(descriptor.subject),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: t.ack_wait,
+            // Dead-lettering is decided here from the delivery count; the server must never
+            // stop redelivering on its own (a failed DLQ publish is retried through redelivery).
+            max_deliver: -1,
+            max_ack_pending: max_ack_pending(options.concurrency),
+            deliver_policy: match options.start {
+                Start::New => consumer::DeliverPolicy::New,
+                Start::All => consumer::DeliverPolicy::All,
+            },
+            ..Default::default()
+        };
+        match stream.consumer_info(durable).await {
+            Ok(info) => {
+                let have = &info.config;
+                if have.filter_subject != wanted.filter_subject {
+                    return Err(broker_error(format!(
+                        "consumer `{durable}` exists with `filter_subject` `{}`, but handler `{}` subscribes to `{}`: delete the consumer or rename the handler",
+                        have.filter_subject, descriptor.name, wanted.filter_subject
+                    )));
+                }
+                if have.ack_policy != consumer::AckPolicy::Explicit {
+                    return Err(broker_error(format!(
+                        "consumer `{durable}` exists with `ack_policy` {:?}, but eda needs explicit acks",
+                        have.ack_policy
+                    )));
+                }
+                if have.max_ack_pending != wanted.max_ack_pending
+                    || have.ack_wait != wanted.ack_wait
+                    || have.max_deliver != wanted.max_deliver
+                {
+                    if let Err(e) = stream.create_consumer(wanted.clone()).await {
+                        tracing::warn!(consumer = durable, error = %e, "cannot update the consumer's limits; keeping the existing ones");
+                    }
+                }
+            }
+            Err(e) if consumer_missing(&e) => {
+                if let Err(create_error) = stream.create_consumer(wanted.clone()).await {
+                    // Another instance may have created it at the same moment.
+                    if stream.consumer_info(durable).await.is_err() {
+                        return Err(broker_error(format!(
+                            "cannot create consumer `{durable}` on `{}`: {create_error}",
+                            t.events_stream
+                        )));
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(broker_error(format!(
+                    "cannot look up consumer `{durable}`: {e}"
+                )))
+            }
+        }
+        stream
+            .get_consumer(durable)
+            .await
+            .map_err(|e| broker_error(format!("cannot bind consumer `{durable}`: {e}")))
+    }
+
+    /// Messages pending and awaiting acks on a consumer.
+    pub(crate) async fn pending(&self, durable: &str) -> Result<(u64, usize), Error> {
+        let t = &self.settings.topology;
+        let stream = self
+            .context
+            .get_stream(&t.events_stream)
+            .await
+            .map_err(|e| broker_error(e.to_string()))?;
+        let info = stream
+            .consumer_info(durable)
+            .await
+            .map_err(|e| broker_error(e.to_string()))?;
+        Ok((info.num_pending, info.num_ack_pending))
+    }
+
+    /// The JetStream context (for test helpers that read streams).
+    pub(crate) fn context(&self) -> &jetstream::Context {
+        &self.context
+    }
+
+    /// The topology in use.
+    pub(crate) fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
+
+    /// Flushes pending publishes and drains the connection.
+    pub(crate) async fn close(&self) {
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "flushing the NATS connection failed");
+        }
+        if let Err(e) = self.client.drain().await {
+            tracing::debug!(error = %e, "draining the NATS connection failed");
+        }
+    }
+
+    /// Runs one app instance's share of a durable consumer until `signals` says stop.
+    pub(crate) async fn consume(
+        self: Arc<Self>,
+        runtime: Arc<HandlerRuntime>,
+        consumer: consumer::PullConsumer,
+        mut signals: Signals,
+    ) {
+        let concurrency = runtime.descriptor.options.concurrency.max(1) as usize;
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let mut tasks = JoinSet::new();
+        let batch = fetch_batch(runtime.descriptor.options.concurrency);
+        let prefix = format!("{}.", self.settings.topology.subject_prefix);
+        'connect: loop {
+            let opened = tokio::select! {
+                biased;
+                () = signals.draining() => break 'connect,
+                opened = consumer
+                    .stream()
+                    .max_messages_per_batch(batch)
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages() => opened,
+            };
+            let mut messages = match opened {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(consumer = %runtime.durable, error = %e, "cannot pull messages; retrying");
+                    tokio::select! {
+                        () = signals.draining() => break 'connect,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue 'connect,
+                    }
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    biased;
+                    () = signals.draining() => break 'connect,
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break 'connect,
+                    },
+                };
+                let next = tokio::select! {
+                    biased;
+                    () = signals.draining() => break 'connect,
+                    next = messages.next() => next,
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => {
+                        use consumer::pull::MessagesErrorKind as Kind;
+                        match e.kind() {
+                            Kind::MissingHeartbeat => {
+                                tracing::warn!(consumer = %runtime.durable, "missed heartbeats from the server; waiting");
+                                continue;
+                            }
+                            Kind::ConsumerDeleted => {
+                                tracing::error!(consumer = %runtime.durable, "the consumer was deleted; recreating it");
+                                if let Err(e) =
+                                    self.consumer(&runtime.durable, runtime.descriptor).await
+                                {
+                                    tracing::error!(error = %e, "cannot recreate the consumer");
+                                }
+                            }
+                            _ => {
+                                tracing::warn!(consumer = %runtime.durable, error = %e, "pull failed; reopening")
+                            }
+                        }
+                        tokio::select! {
+                            () = signals.draining() => break 'connect,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => continue 'connect,
+                        }
+                    }
+                    None => continue 'connect,
+                };
+                let Some((delivery, ack)) = self.to_delivery(message, &prefix) else {
+                    continue;
+                };
+                let runtime = Arc::clone(&runtime);
+                let ack_wait = self.settings.topology.ack_wait;
+                let mut task_signals = signals.clone();
+                tasks.spawn(async move {
+                    let progress = ack.progress_acker();
+                    tokio::select! {
+                        biased;
+                        () = runtime.deliver(delivery, ack, Some(permit)) => {}
+                        () = keep_in_progress(progress, ack_wait) => {}
+                        // Past the shutdown deadline the handler is dropped; the message is
+                        // redelivered after the ack wait.
+                        () = task_signals.stopped() => {}
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn to_delivery(&self, message: jetstream::Message, prefix: &str) -> Option<(Delivery, JsAck)> {
+        let info = match message.info() {
+            Ok(info) => (
+                info.delivered,
+                info.stream_sequence,
+                SystemTime::from(info.published),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, subject = %message.subject, "a message without JetStream metadata; skipping it");
+                return None;
+            }
+        };
+        let (delivered, sequence, published) = info;
+        let subject = message.subject.as_str();
+        let name = subject.strip_prefix(prefix).unwrap_or(subject).to_owned();
+        let headers = message.headers.clone();
+        let lookup = move |key: &str| {
+            headers
+                .as_ref()
+                .and_then(|h| h.get(key))
+                .map(|v| v.as_str().to_owned())
+        };
+        let (metadata, header_error) =
+            wire::decode(&name, &lookup, Some(sequence), Some(published));
+        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
+        let raw = RawEvent::new(metadata, message.payload.clone(), attempt);
+        let delivery = Delivery {
+            raw,
+            redelivered: attempt > 1,
+            header_error,
+        };
+        let ack = JsAck {
+            reply: message.reply.clone(),
+            context: self.context.clone(),
+        };
+        Some((delivery, ack))
+    }
+}
+
+/// Sends in-progress acks every third of the ack wait while a handler runs, so the broker
+/// does not redeliver a message that is still being worked on.
+async fn keep_in_progress(acker: jetstream::message::Acker, ack_wait: Duration) {
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = acker.ack_with(AckKind::Progress).await {
+            tracing::debug!(error = %e, "in-progress ack failed");
+        }
+    }
+}
+
+/// Messages the broker may hold unacked for one consumer (all instances together).
+fn max_ack_pending(concurrency: u32) -> i64 {
+    i64::from(concurrency.max(1))
+        .saturating_mul(64)
+        .clamp(256, 100_000)
+}
+
+/// Messages one instance pulls ahead of its handlers.
+fn fetch_batch(concurrency: u32) -> usize {
+    (concurrency.max(1) as usize * 2).clamp(32, 1024)
+}
+
+fn is_code(error: &jetstream::context::GetStreamError, code: jetstream::ErrorCode) -> bool {
+    matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == code)
+}
+
+fn consumer_missing(error: &jetstream::context::ConsumerInfoError) -> bool {
+    use jetstream::context::ConsumerInfoErrorKind as Kind;
+    match error.kind() {
+        Kind::NotFound => true,
+        Kind::JetStream(e) => e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
+    }
+}
+
+fn connect_error(url: &str, error: &async_nats::ConnectError) -> Error {
+    use async_nats::ConnectErrorKind as Kind;
+    let message = match error.kind() {
+        Kind::AuthorizationViolation | Kind::Authentication => format!(
+            "the NATS server at `{url}` rejected the credentials ({error}): check EDA_NATS_USER/EDA_NATS_PASSWORD, EDA_NATS_TOKEN or EDA_NATS_CREDS"
+        ),
+        Kind::Tls => format!("TLS with the NATS server at `{url}` failed ({error}): check EDA_NATS_TLS_CA and the URL's host name"),
+        Kind::TimedOut => format!("cannot connect to NATS at `{url}`: timed out; is nats-server running there?"),
+        Kind::ServerParse | Kind::Dns => format!("cannot resolve the NATS URL `{url}`: {error}"),
+        _ => format!("cannot connect to NATS at `{url}`: {error}; is nats-server running there?"),
+    };
+    broker_error(message)
+}
+
+/// The publishing side of JetStream.
+struct JetStreamTransport {
+    context: jetstream::Context,
+    prefix: String,
+}
+
+impl fmt::Debug for JetStreamTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamTransport")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn header_map(pairs: Vec<(&'static str, String)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.insert(name, value.as_str());
+    }
+    headers
+}
+
+fn publish_error(error: &jetstream::context::PublishError) -> PublishError {
+    match error.kind() {
+        jetstream::context::PublishErrorKind::TimedOut => PublishError::Timeout,
+        _ => PublishError::Broker(error.to_string()),
+    }
+}
+
+impl JetStreamTransport {
+    async fn send(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<jetstream::context::PublishAckFuture, PublishError> {
+        self.context
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| publish_error(&e))
+    }
+
+    fn subject(&self, message: &Outbound) -> String {
+        format!("{}.{}", self.prefix, message.metadata.subject)
+    }
+}
+
+impl Transport for JetStreamTransport {
+    fn publish(&self, message: Outbound) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async move {
+            let subject = self.subject(&message);
+            let headers = header_map(wire::encode(&message.metadata));
+            let ack = self.send(subject, headers, message.payload).await?;
+            ack.await.map_err(|e| publish_error(&e))?;
+            Ok(())
+        })
+    }
+
+    fn publish_many(&self, messages: Vec<Outbound>) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async move {
+            let mut pending: FuturesUnordered<
+                <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
+            > = FuturesUnordered::new();
+            for message in messages {
+                if pending.len() >= PUBLISH_WINDOW {
+                    if let Some(result) = pending.next().await {
+                        result.map_err(|e| publish_error(&e))?;
+                    }
+                }
+                let subject = self.subject(&message);
+                let headers = header_map(wire::encode(&message.metadata));
+                let ack = self.send(subject, headers, message.payload).await?;
+                pending.push(std::future::IntoFuture::into_future(ack));
+            }
+            while let Some(result) = pending.next().await {
+                result.map_err(|e| publish_error(&e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async move {
+            let mut pairs = wire::encode(&letter.metadata);
+            // One dead letter per event and handler, even if the publish is retried.
+            for pair in pairs.iter_mut().filter(|(name, _)| *name == wire::MSG_ID) {
+                pair.1 = format!(
+                    "{}.{}.{}",
+                    letter.service, letter.handler, letter.metadata.id
+                );
+            }
+            pairs.push((wire::ORIGINAL_ID, letter.metadata.id.clone()));
+            pairs.push((wire::DLQ_REASON, letter.reason.as_str().to_owned()));
+            pairs.push((wire::DLQ_ERROR, header_safe(&letter.error)));
+            pairs.push((wire::DLQ_ATTEMPTS, letter.attempts.to_string()));
+            pairs.push((wire::DLQ_HANDLER, letter.handler.clone()));
+            pairs.push((
+                wire::ORIGINAL_SUBJECT,
+                format!("{}.{}", self.prefix, letter.metadata.subject),
+            ));
+            if let Some(sequence) = letter.metadata.sequence {
+                pairs.push((wire::ORIGINAL_SEQ, sequence.to_string()));
+            }
+            let ack = self
+                .send(letter.subject.clone(), header_map(pairs), letter.payload)
+                .await?;
+            ack.await.map_err(|e| publish_error(&e))?;
+            Ok(())
+        })
+    }
+}
+
+/// Header values cannot hold line breaks.
+fn header_safe(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
+/// Acks one JetStream message.
+struct JsAck {
+    reply: Option<async_nats::Subject>,
+    context: jetstream::Context,
+}
+
+impl JsAck {
+    fn acker(&self) -> jetstream::message::Acker {
+        jetstream::message::Acker::new(self.context.clone(), self.reply.clone())
+    }
+
+    fn progress_acker(&self) -> jetstream::message::Acker {
+        self.acker()
+    }
+}
+
+impl Acknowledge for JsAck {
+    async fn ack(self) {
+        // A lost ack means a redelivery, which idempotency absorbs: no need to wait for the
+        // server's confirmation on the hot path.
+        if let Err(e) = self.acker().ack().await {
+            tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+        }
+    }
+
+    async fn nak(self, delay: Duration) {
+        if let Err(e) = self.acker().ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(error = %e, "nak failed; the message will be redelivered after the ack wait");
+        }
+    }
+
+    async fn term(self) {
+        // Confirmed by the server: the dead letter is stored, the original must stop.
+        if let Err(e) = self.acker().double_ack_with(AckKind::Term).await {
+            tracing::warn!(error = %e, "terminating a dead-lettered message was not confirmed; a redelivery will dead-letter it again (deduplicated)");
+        }
+    }
+}
+
+/// Processed ids in a JetStream key-value bucket; `record` is the bucket's atomic create.
+struct KvStore {
+    bucket: kv::Store,
+}
+
+impl fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KvStore")
+    }
+}
+
+/// KV keys allow `[-/_=.a-zA-Z0-9]`: ids from plain clients outside that set are hashed.
+fn kv_key(key: &str) -> String {
+    if key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c))
+        && !key.ends_with('.')
+    {
+        return key.to_owned();
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl IdempotencyStore for KvStore {
+    fn contains<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            self.bucket
+                .get(kv_key(key))
+                .await
+                .map(|v| v.is_some())
+                .map_err(|e| StoreError(e.to_string()))
+        })
+    }
+
+    fn record<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Recorded, StoreError>> {
+        Box::pin(async move {
+            match self.bucket.create(kv_key(key), Bytes::new()).await {
+                Ok(_) => Ok(Recorded::Created),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    Ok(Recorded::AlreadyPresent)
+                }
+                Err(e) => Err(StoreError(e.to_string())),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_keys_are_kept_when_valid_and_hashed_otherwise() {
+        assert_eq!(kv_key("svc.handler.0190-abc"), "svc.handler.0190-abc");
+        let hashed = kv_key("svc.handler.order 7:placed");
+        assert_eq!(hashed.len(), 64);
+        assert!(hashed.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn limits_grow_with_concurrency() {
+        assert_eq!(max_ack_pending(1), 256);
+        assert_eq!(max_ack_pending(64), 4096);
+        assert_eq!(fetch_batch(1), 32);
+        assert_eq!(fetch_batch(100), 200);
+    }
+}

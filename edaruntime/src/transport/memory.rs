@@ -1,0 +1,516 @@
+//! The in-memory transport: an in-process broker with JetStream's delivery semantics (durable
+//! consumers shared by the instances of a service, redelivery after a nak delay, a duplicate
+//! window for explicit ids, dead-letter subjects). The embedded default for development and
+//! tests; messages live as long as the process.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use super::{Acknowledge, Outbound, Transport};
+use crate::app::Signals;
+use crate::delivery::{DeadLetter, Delivery, HandlerRuntime};
+use crate::error::PublishError;
+use crate::event::{Metadata, RawEvent};
+use crate::handler::Start;
+use crate::idempotency::MemoryStore;
+
+/// How many published messages a broker keeps for `start = "all"` consumers and inspection.
+pub const DEFAULT_RETENTION: usize = 10_000;
+/// How long an explicitly given event id is remembered to drop repeats (as JetStream's
+/// duplicate window).
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// An in-process broker. Clone it to let several apps (instances of one service, or
+/// different services) share it; each app built with `.in_memory()` alone gets its own.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> eda::Result<()> {
+/// let broker = eda::MemoryBroker::new();
+/// let app = eda::App::builder("billing").memory_broker(broker.clone()).handlers(&[]).start().await?;
+/// app.shutdown().await?;
+/// assert!(broker.dead_letters().is_empty());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    inner: Arc<BrokerInner>,
+}
+
+struct BrokerInner {
+    consumers: RwLock<Vec<Arc<MemoryConsumer>>>,
+    retained: Mutex<VecDeque<Arc<Stored>>>,
+    retention: AtomicUsize,
+    sequence: AtomicU64,
+    duplicates: Mutex<DuplicateWindow>,
+    dead_letters: Mutex<Vec<DeadLetter>>,
+    store: Arc<MemoryStore>,
+    activity: Activity,
+    lost_acks: AtomicU32,
+}
+
+impl Default for BrokerInner {
+    fn default() -> Self {
+        BrokerInner {
+            consumers: RwLock::default(),
+            retained: Mutex::default(),
+            retention: AtomicUsize::new(DEFAULT_RETENTION),
+            sequence: AtomicU64::new(0),
+            duplicates: Mutex::new(DuplicateWindow::new(DEFAULT_DUPLICATE_WINDOW)),
+            dead_letters: Mutex::default(),
+            store: Arc::new(MemoryStore::default()),
+            activity: Activity::default(),
+            lost_acks: AtomicU32::new(0),
+        }
+    }
+}
+
+/// A lock that a panicking holder poisoned still guards consistent data here (every critical
+/// section is a single push or pop), so recover it rather than propagate the panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemoryBroker {
+    /// A new, empty broker.
+    pub fn new() -> MemoryBroker {
+        MemoryBroker::default()
+    }
+
+    /// Keep the last `messages` published messages (default [`DEFAULT_RETENTION`]).
+    #[must_use]
+    pub fn with_retention(self, messages: usize) -> MemoryBroker {
+        self.inner.retention.store(messages, Ordering::Relaxed);
+        self
+    }
+
+    /// Drop a repeat of an explicitly given event id published within `window`
+    /// (default [`DEFAULT_DUPLICATE_WINDOW`]; zero disables it).
+    #[must_use]
+    pub fn with_duplicate_window(self, window: Duration) -> MemoryBroker {
+        *lock(&self.inner.duplicates) = DuplicateWindow::new(window);
+        self
+    }
+
+    /// Every dead letter stored so far.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        lock(&self.inner.dead_letters).clone()
+    }
+
+    /// The retained published messages, oldest first.
+    pub fn messages(&self) -> Vec<RawEvent> {
+        lock(&self.inner.retained)
+            .iter()
+            .map(|m| RawEvent::new(Arc::clone(&m.metadata), m.payload.clone(), 1))
+            .collect()
+    }
+
+    /// Resolves once no message is queued, in flight or waiting for a retry.
+    pub async fn wait_idle(&self) {
+        self.inner.activity.wait_idle().await;
+    }
+
+    /// Fault injection for tests: the next `count` acks are lost, as if the process died
+    /// between recording its work and acking, so those messages are delivered again.
+    pub fn lose_next_acks(&self, count: u32) {
+        self.inner.lost_acks.store(count, Ordering::SeqCst);
+    }
+
+    pub(crate) fn transport(&self) -> Arc<dyn Transport> {
+        Arc::new(MemoryTransport {
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    pub(crate) fn store(&self) -> Arc<MemoryStore> {
+        Arc::clone(&self.inner.store)
+    }
+
+    /// The durable consumer `durable`, created on first use.
+    pub(crate) fn consumer(
+        &self,
+        durable: &str,
+        pattern: &str,
+        start: Start,
+    ) -> Arc<MemoryConsumer> {
+        let mut consumers = self
+            .inner
+            .consumers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = consumers.iter().find(|c| c.durable == durable) {
+            return Arc::clone(existing);
+        }
+        let consumer = Arc::new(MemoryConsumer {
+            durable: durable.to_owned(),
+            pattern: pattern.to_owned(),
+            queue: Mutex::default(),
+            notify: Notify::new(),
+        });
+        if start == Start::All {
+            for message in lock(&self.inner.retained).iter() {
+                if subject_matches(pattern, &message.metadata.subject) {
+                    self.inner.activity.add(1);
+                    consumer.push(Queued::first(Arc::clone(message)));
+                }
+            }
+        }
+        consumers.push(Arc::clone(&consumer));
+        consumer
+    }
+
+    /// Runs one app instance's share of a durable consumer until `signals` says stop.
+    pub(crate) async fn consume(
+        &self,
+        runtime: Arc<HandlerRuntime>,
+        consumer: Arc<MemoryConsumer>,
+        mut signals: Signals,
+    ) {
+        let concurrency = runtime.descriptor.options.concurrency.max(1) as usize;
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let mut tasks = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = signals.draining() => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let queued = tokio::select! {
+                biased;
+                () = signals.draining() => break,
+                queued = consumer.next() => queued,
+            };
+            let ack = MemoryAck {
+                inner: Arc::clone(&self.inner),
+                consumer: Arc::clone(&consumer),
+                queued: Some(queued.clone()),
+            };
+            let delivery = Delivery {
+                raw: RawEvent::new(
+                    Arc::clone(&queued.message.metadata),
+                    queued.message.payload.clone(),
+                    queued.deliveries,
+                ),
+                redelivered: queued.deliveries > 1,
+                header_error: None,
+            };
+            let runtime = Arc::clone(&runtime);
+            let mut task_signals = signals.clone();
+            let work = async move {
+                // Past the shutdown deadline the handler is dropped: its unsettled ack requeues.
+                tokio::select! {
+                    biased;
+                    () = runtime.deliver(delivery, ack, Some(permit)) => {}
+                    () = task_signals.stopped() => {}
+                }
+            };
+            if concurrency == 1 {
+                work.await;
+            } else {
+                tasks.spawn(work);
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        // A wake-up this worker took but did not use belongs to another instance.
+        consumer.notify.notify_one();
+    }
+}
+
+impl fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("published", &self.inner.sequence.load(Ordering::Relaxed))
+            .field(
+                "outstanding",
+                &self.inner.activity.outstanding.load(Ordering::Relaxed),
+            )
+            .finish()
+    }
+}
+
+/// A stored message.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    metadata: Arc<Metadata>,
+    payload: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    message: Arc<Stored>,
+    deliveries: u32,
+}
+
+impl Queued {
+    fn first(message: Arc<Stored>) -> Queued {
+        Queued {
+            message,
+            deliveries: 1,
+        }
+    }
+
+    fn again(mut self) -> Queued {
+        self.deliveries = self.deliveries.saturating_add(1);
+        self
+    }
+}
+
+/// A durable consumer: one queue the instances of a service compete for.
+#[derive(Debug)]
+pub(crate) struct MemoryConsumer {
+    durable: String,
+    pattern: String,
+    queue: Mutex<VecDeque<Queued>>,
+    notify: Notify,
+}
+
+impl MemoryConsumer {
+    fn push(&self, queued: Queued) {
+        lock(&self.queue).push_back(queued);
+        self.notify.notify_one();
+    }
+
+    async fn next(&self) -> Queued {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(queued) = lock(&self.queue).pop_front() {
+                return queued;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts messages queued, in flight or waiting for a retry, so tests can wait for quiet.
+#[derive(Debug, Default)]
+struct Activity {
+    outstanding: AtomicUsize,
+    idle: Notify,
+}
+
+impl Activity {
+    fn add(&self, n: usize) {
+        self.outstanding.fetch_add(n, Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.outstanding.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Remembers explicitly given ids for the duplicate window.
+#[derive(Debug)]
+struct DuplicateWindow {
+    window: Duration,
+    seen: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl DuplicateWindow {
+    fn new(window: Duration) -> DuplicateWindow {
+        DuplicateWindow {
+            window,
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// True if `id` was seen inside the window; records it otherwise.
+    fn is_repeat(&mut self, id: &str) -> bool {
+        if self.window.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < self.window {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(id) {
+            return true;
+        }
+        self.seen.insert(id.to_owned(), now);
+        self.order.push_back((now, id.to_owned()));
+        false
+    }
+}
+
+impl BrokerInner {
+    fn publish(&self, message: Outbound) {
+        let Outbound {
+            mut metadata,
+            payload,
+            explicit_id,
+        } = message;
+        if explicit_id && lock(&self.duplicates).is_repeat(&metadata.id) {
+            return;
+        }
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        Arc::make_mut(&mut metadata).sequence = Some(sequence);
+        let stored = Arc::new(Stored { metadata, payload });
+        let retention = self.retention.load(Ordering::Relaxed);
+        if retention > 0 {
+            let mut retained = lock(&self.retained);
+            if retained.len() >= retention {
+                retained.pop_front();
+            }
+            retained.push_back(Arc::clone(&stored));
+        }
+        let consumers = self
+            .consumers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for consumer in consumers.iter() {
+            if subject_matches(&consumer.pattern, &stored.metadata.subject) {
+                self.activity.add(1);
+                consumer.push(Queued::first(Arc::clone(&stored)));
+            }
+        }
+    }
+
+    /// Whether this ack is lost (fault injection).
+    fn ack_is_lost(&self) -> bool {
+        self.lost_acks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+struct MemoryTransport {
+    inner: Arc<BrokerInner>,
+}
+
+impl fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MemoryTransport")
+    }
+}
+
+impl Transport for MemoryTransport {
+    fn publish(&self, message: Outbound) -> BoxFuture<'_, Result<(), PublishError>> {
+        self.inner.publish(message);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish_many(&self, messages: Vec<Outbound>) -> BoxFuture<'_, Result<(), PublishError>> {
+        for message in messages {
+            self.inner.publish(message);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), PublishError>> {
+        lock(&self.inner.dead_letters).push(letter);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Settles one in-memory delivery. Dropped unsettled (a handler cut off at shutdown), the
+/// message goes back to the queue, as JetStream redelivers after the ack wait.
+struct MemoryAck {
+    inner: Arc<BrokerInner>,
+    consumer: Arc<MemoryConsumer>,
+    queued: Option<Queued>,
+}
+
+impl Acknowledge for MemoryAck {
+    async fn ack(mut self) {
+        if self.inner.ack_is_lost() {
+            return; // Drop redelivers it.
+        }
+        if self.queued.take().is_some() {
+            self.inner.activity.done();
+        }
+    }
+
+    async fn nak(mut self, delay: Duration) {
+        let Some(queued) = self.queued.take() else {
+            return;
+        };
+        let consumer = Arc::clone(&self.consumer);
+        if delay.is_zero() {
+            consumer.push(queued.again());
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                consumer.push(queued.again());
+            });
+        }
+    }
+
+    async fn term(mut self) {
+        if self.queued.take().is_some() {
+            self.inner.activity.done();
+        }
+    }
+}
+
+impl Drop for MemoryAck {
+    fn drop(&mut self) {
+        if let Some(queued) = self.queued.take() {
+            self.consumer.push(queued.again());
+        }
+    }
+}
+
+/// NATS subject matching: `*` matches one token, `>` one or more trailing tokens.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    if pattern == subject {
+        return true;
+    }
+    let mut subject_tokens = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (t, Some(s)) if t == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn wildcards_match_as_in_nats() {
+        assert!(subject_matches("payment.*", "payment.failed"));
+        assert!(!subject_matches("payment.*", "payment.card.failed"));
+        assert!(!subject_matches("payment.*", "payment"));
+        assert!(subject_matches("payment.>", "payment.card.failed"));
+        assert!(!subject_matches("payment.>", "payment"));
+        assert!(subject_matches(">", "anything.at.all"));
+        assert!(subject_matches("*.created", "user.created"));
+        assert!(!subject_matches("user.created", "user.created.v2"));
+    }
+}

@@ -1,0 +1,47 @@
+//! Transports carry bytes, acks and naks; what to do with a message is decided in
+//! [`crate::delivery`], once for all of them.
+
+pub(crate) mod jetstream;
+pub mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::delivery::DeadLetter;
+use crate::error::PublishError;
+use crate::event::Metadata;
+
+/// A message on its way to the broker.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    pub(crate) metadata: Arc<Metadata>,
+    pub(crate) payload: Bytes,
+    /// The caller chose the id: the broker's duplicate window applies to it.
+    pub(crate) explicit_id: bool,
+}
+
+/// The publishing side of a transport.
+pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Stores one message; `Ok` once the broker confirmed it.
+    fn publish(&self, message: Outbound) -> BoxFuture<'_, Result<(), PublishError>>;
+
+    /// Stores many messages with confirmations in flight together.
+    fn publish_many(&self, messages: Vec<Outbound>) -> BoxFuture<'_, Result<(), PublishError>>;
+
+    /// Stores a dead letter; `Ok` once the broker confirmed it.
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), PublishError>>;
+}
+
+/// Settles one delivered message with the broker.
+pub(crate) trait Acknowledge: Send {
+    /// Done: do not deliver again.
+    fn ack(self) -> impl std::future::Future<Output = ()> + Send;
+    /// Deliver again after `delay`.
+    fn nak(self, delay: Duration) -> impl std::future::Future<Output = ()> + Send;
+    /// Never deliver again (after dead-lettering).
+    fn term(self) -> impl std::future::Future<Output = ()> + Send;
+}

@@ -1,0 +1,184 @@
+//! Header names of the wire format (DESIGN.md §4). Every transport uses these constants.
+
+/// Event id (UUID v7); the broker drops a repeat inside its duplicate window.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// Event name.
+pub const EVENT: &str = "Eda-Event";
+/// Event schema version.
+pub const VERSION: &str = "Eda-Version";
+/// Publish time, RFC 3339.
+pub const TIME: &str = "Eda-Time";
+/// Publishing service.
+pub const SOURCE: &str = "Eda-Source";
+/// Correlation id, shared by every event of one conversation.
+pub const CORRELATION_ID: &str = "Eda-Correlation-Id";
+/// Id of the event whose handler published this one.
+pub const CAUSATION_ID: &str = "Eda-Causation-Id";
+/// Schema fingerprint.
+pub const SCHEMA: &str = "Eda-Schema";
+/// W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// Dead letter: why (`decode`, `version`, `permanent`, `retries_exhausted`).
+pub const DLQ_REASON: &str = "Eda-Dlq-Reason";
+/// Dead letter: the error text with its chain.
+pub const DLQ_ERROR: &str = "Eda-Dlq-Error";
+/// Dead letter: how many attempts were made.
+pub const DLQ_ATTEMPTS: &str = "Eda-Dlq-Attempts";
+/// Dead letter: the handler that gave up.
+pub const DLQ_HANDLER: &str = "Eda-Dlq-Handler";
+/// Dead letter: the subject the event was published to.
+pub const ORIGINAL_SUBJECT: &str = "Eda-Original-Subject";
+/// Dead letter: the original event id (its `Nats-Msg-Id` is `<service>.<handler>.<id>`, so
+/// that one event dead-lettered by two handlers is stored twice, and a retried dead-letter
+/// publish once).
+pub const ORIGINAL_ID: &str = "Eda-Original-Id";
+/// Dead letter: the stream sequence of the original.
+pub const ORIGINAL_SEQ: &str = "Eda-Original-Seq";
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::event::{DecodeError, Metadata};
+
+/// The header pairs of an event's metadata (DESIGN.md §4).
+pub(crate) fn encode(metadata: &Metadata) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        (MSG_ID, metadata.id.clone()),
+        (EVENT, metadata.name.clone()),
+        (VERSION, metadata.version.to_string()),
+        (TIME, metadata.time_rfc3339()),
+        (SOURCE, metadata.source.clone()),
+        (CORRELATION_ID, metadata.correlation_id.clone()),
+    ];
+    if let Some(causation) = &metadata.causation_id {
+        headers.push((CAUSATION_ID, causation.clone()));
+    }
+    if let Some(schema) = &metadata.schema {
+        headers.push((SCHEMA, schema.clone()));
+    }
+    if let Some(traceparent) = &metadata.traceparent {
+        headers.push((TRACEPARENT, traceparent.clone()));
+    }
+    headers
+}
+
+/// Metadata of a received message. Messages from plain clients (no eda headers) take their
+/// name from the subject, version 1, and their id from `Nats-Msg-Id` or the stream sequence.
+/// The metadata is always built (a dead letter needs it); the error says why the message
+/// cannot be handled: headers naming another event than the subject, or a bad version.
+pub(crate) fn decode(
+    subject_name: &str,
+    header: &dyn Fn(&str) -> Option<String>,
+    sequence: Option<u64>,
+    published: Option<SystemTime>,
+) -> (Arc<Metadata>, Option<DecodeError>) {
+    let mut error = None;
+    let id = header(MSG_ID)
+        .or_else(|| sequence.map(|s| s.to_string()))
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    if let Some(claimed) = header(EVENT) {
+        if claimed != subject_name {
+            error = Some(DecodeError::Mismatch {
+                expected: subject_name.to_owned(),
+                found: claimed,
+            });
+        }
+    }
+    let version = match header(VERSION) {
+        None => 1,
+        Some(text) => match text.trim().parse::<u32>() {
+            Ok(v) if v >= 1 => v,
+            _ => {
+                error.get_or_insert(DecodeError::Header {
+                    header: VERSION.to_owned(),
+                    value: text,
+                });
+                1
+            }
+        },
+    };
+    let time = header(TIME)
+        .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+        .or(published)
+        .unwrap_or_else(SystemTime::now);
+    let metadata = Metadata {
+        correlation_id: header(CORRELATION_ID).unwrap_or_else(|| id.clone()),
+        id,
+        name: subject_name.to_owned(),
+        version,
+        time,
+        source: header(SOURCE).unwrap_or_default(),
+        causation_id: header(CAUSATION_ID),
+        subject: subject_name.to_owned(),
+        schema: header(SCHEMA),
+        traceparent: header(TRACEPARENT),
+        sequence,
+    };
+    (Arc::new(metadata), error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<&str, String> = pairs.into_iter().collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn metadata_round_trips_through_headers() {
+        let mut original = Metadata::new("user.created", 2, "accounts");
+        original.causation_id = Some("cause".into());
+        original.schema = Some("abc".into());
+        let (decoded, error) = decode("user.created", &lookup(encode(&original)), Some(9), None);
+        assert!(error.is_none());
+        assert_eq!(decoded.id, original.id);
+        assert_eq!(decoded.version, 2);
+        assert_eq!(decoded.source, "accounts");
+        assert_eq!(decoded.causation_id.as_deref(), Some("cause"));
+        assert_eq!(decoded.sequence, Some(9));
+        let millis = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        assert_eq!(millis(decoded.time), millis(original.time));
+    }
+
+    #[test]
+    fn plain_messages_take_name_from_subject_and_id_from_sequence() {
+        let (meta, error) = decode("payment.failed", &|_| None, Some(42), None);
+        assert!(error.is_none());
+        assert_eq!(
+            (meta.name.as_str(), meta.version, meta.id.as_str()),
+            ("payment.failed", 1, "42")
+        );
+        assert_eq!(meta.correlation_id, "42");
+    }
+
+    #[test]
+    fn headers_claiming_another_event_are_a_decode_error() {
+        let (_, error) = decode(
+            "user.created",
+            &lookup(vec![(EVENT, "user.deleted".into())]),
+            None,
+            None,
+        );
+        assert_eq!(
+            error,
+            Some(DecodeError::Mismatch {
+                expected: "user.created".into(),
+                found: "user.deleted".into()
+            })
+        );
+        let (_, error) = decode(
+            "user.created",
+            &lookup(vec![(VERSION, "two".into())]),
+            None,
+            None,
+        );
+        assert!(matches!(error, Some(DecodeError::Header { .. })));
+    }
+}

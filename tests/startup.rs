@@ -1,0 +1,127 @@
+//! Startup validation (every problem at once, one clear line each) and the catalog.
+#![allow(missing_docs, missing_debug_implementations)]
+
+use eda::prelude::*;
+use eda::Error;
+
+#[event("invoice.sent")]
+pub struct InvoiceSent {
+    pub id: u64,
+}
+
+pub struct Mailer;
+
+#[handler(name = "notify", service = "broken")]
+async fn notify_by_mail(_event: InvoiceSent, _mailer: State<Mailer>) {}
+
+#[handler(name = "notify", service = "broken")]
+async fn notify_by_sms(_event: InvoiceSent) {}
+
+#[handler(
+    service = "fine",
+    retries = 7,
+    backoff = "linear",
+    base_delay = "250ms",
+    max_delay = "2m",
+    jitter = false,
+    timeout = "5s",
+    idempotent = "always",
+    breaker = "smtp",
+    start = "all",
+    concurrency = 8
+)]
+async fn archive(_event: Envelope<InvoiceSent>, _ctx: Context) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[handler("invoice.*", service = "fine")]
+async fn audit_invoices(_event: RawEvent) {}
+
+fn problems(result: eda::Result<App>) -> Vec<String> {
+    match result {
+        Err(Error::Startup { problems, .. }) => problems,
+        Err(other) => panic!("expected a startup error, got {other}"),
+        Ok(app) => panic!("expected a startup error, but {app:?} built"),
+    }
+}
+
+#[test]
+fn every_startup_problem_is_reported_at_once() {
+    let found = problems(App::builder("broken").build());
+    assert_eq!(
+        found,
+        [
+            "two handlers are named `notify` (in startup and startup): give one another name with `#[handler(name = \"...\")]`",
+            "handler `notify` takes `State<startup::Mailer>` but no state of type `startup::Mailer` was provided: add `.state(..)` with a `startup::Mailer` to the app builder",
+        ]
+    );
+}
+
+#[test]
+fn the_startup_error_reads_as_a_list() {
+    let error = App::builder("broken").build().unwrap_err().to_string();
+    assert!(
+        error.starts_with("service `broken` cannot start:\n  - two handlers are named `notify`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn providing_the_state_and_selecting_one_handler_fixes_it() {
+    let app = App::builder("broken")
+        .state(Mailer)
+        .handlers(&["notify"])
+        .build();
+    assert!(
+        matches!(app, Err(Error::Startup { .. })),
+        "both are still named `notify`"
+    );
+    let app = App::builder("fine").build().expect("builds");
+    assert_eq!(app.handler_names(), ["archive", "audit_invoices"]);
+}
+
+#[test]
+fn unknown_handler_names_and_bad_service_names_are_reported() {
+    let found = problems(App::builder("fine").handlers(&["archve"]).build());
+    assert_eq!(
+        found,
+        ["no handler named `archve` runs in service `fine`; known: archive, audit_invoices"]
+    );
+    let found = problems(App::builder("my service").handlers(&[]).build());
+    assert_eq!(found, ["invalid service name `my service`: it contains ` `; use letters, digits, `_` and `-` only"]);
+}
+
+#[test]
+fn the_catalog_lists_every_event_and_handler() {
+    let catalog = App::catalog();
+    let event = catalog
+        .events
+        .iter()
+        .find(|e| e.name == "invoice.sent")
+        .expect("invoice.sent is listed");
+    assert_eq!(event.version, 1);
+    assert_eq!(event.type_name, "InvoiceSent");
+    assert_eq!(event.fingerprint, <InvoiceSent as Event>::fingerprint());
+    assert_eq!(event.schema["properties"]["id"]["type"], "integer");
+
+    let names: Vec<&str> = catalog.handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["archive", "audit_invoices", "notify", "notify"]);
+    let archive = &catalog.handlers[0];
+    assert_eq!(
+        archive.subject, "invoice.sent",
+        "taken from the event's NAME"
+    );
+    assert_eq!(archive.service.as_deref(), Some("fine"));
+    let json = serde_json::to_value(&catalog).unwrap();
+    let options = &json["handlers"][0]["options"];
+    assert_eq!(
+        options,
+        &serde_json::json!({
+            "concurrency": 8, "retries": 7,
+            "backoff": {"kind": "linear", "base_delay": "250ms", "max_delay": "2m", "jitter": false},
+            "timeout": "5s", "idempotent": "always", "breaker": "smtp", "start": "all"
+        })
+    );
+    assert_eq!(json["handlers"][1]["subject"], "invoice.*");
+    assert_eq!(json["handlers"][1]["event"], serde_json::Value::Null);
+}

@@ -1,0 +1,8 @@
+use eda::prelude::*;
+
+#[event("user created")]
+pub struct UserCreated {
+    pub id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use eda::prelude::*;
+
+#[event("user.created")]
+pub fn user_created() {}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eda::prelude::*;
+
+#[event("user.created", version = 1, version = 2)]
+pub struct UserCreated {
+    pub id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eda::prelude::*;
+
+#[event("user.created", version = 0)]
+pub struct UserCreated {
+    pub id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use eda::prelude::*;
+use eda::__private::serde::Serialize;
+
+#[event("user.created")]
+#[derive(Serialize)]
+pub struct UserCreated {
+    pub id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+use eda::prelude::*;
+
+#[event("user.created")]
+pub struct UserCreated {
+    pub id: u64,
+}
+
+#[handler]
+async fn on_user(_event: UserCreated) -> u32 {
+    0
+}
+
+fn main() {}

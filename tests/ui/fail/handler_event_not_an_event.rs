@@ -1,0 +1,15 @@
+use eda::prelude::*;
+
+#[event("user.created")]
+pub struct UserCreated {
+    pub id: u64,
+}
+
+pub struct NotAnEvent {
+    pub id: u64,
+}
+
+#[handler]
+async fn on_user(_event: NotAnEvent) {}
+
+fn main() {}
