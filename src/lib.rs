@@ -34,7 +34,7 @@
 //! let app = TestApp::start("doc-notifications").await?;
 //! app.publish(&UserCreatedV1 { id: 1, email: "ada@example.com".into() }).await?;
 //! app.settle().await;
-//! assert_eq!(app.published::<WelcomeSent>().len(), 1);
+//! assert_eq!(app.published::<WelcomeSent>().await?.len(), 1);
 //! # Ok(()) }
 //! ```
 //!

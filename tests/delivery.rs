@@ -1,5 +1,7 @@
-//! Delivery semantics through the public API (DESIGN.md §3), on the in-memory transport.
-//! Each test runs its own handlers (selected by name), with its own `Seen` ledger.
+//! Delivery semantics through the public API (DESIGN.md §3). Every test is written once and
+//! runs on both transports: in memory (under tokio's paused clock) and on a real
+//! `nats-server` started for the test (see `Rig`). Each test runs its own handlers (selected
+//! by name), with its own `Seen` ledger.
 #![allow(missing_docs, missing_debug_implementations)]
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -7,9 +9,66 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eda::prelude::*;
-use eda::testing::TestApp;
-use eda::{DlqReason, MemoryBroker, PublishOptions};
+use eda::testing::{NatsServer, TestApp, TestAppBuilder};
+use eda::{DlqReason, MemoryBroker, PublishOptions, Topology};
 use tokio::time::Instant;
+
+/// Where a test runs: an in-memory broker, or a `nats-server` of its own (with a 1 s ack wait,
+/// so lost acks and cut-off handlers come back quickly).
+pub enum Rig {
+    Memory(MemoryBroker),
+    Nats(NatsServer),
+}
+
+impl Rig {
+    fn memory() -> Rig {
+        Rig::Memory(MemoryBroker::new().with_retention(usize::MAX))
+    }
+
+    fn nats() -> Rig {
+        Rig::Nats(NatsServer::start().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// A test app of `service` on this rig's broker.
+    fn app(&self, service: &str) -> TestAppBuilder {
+        match self {
+            Rig::Memory(broker) => TestApp::builder(service).broker(broker.clone()),
+            Rig::Nats(server) => TestApp::builder(service)
+                .nats(server.url())
+                .configure(|b| b.ack_wait(Duration::from_secs(1))),
+        }
+    }
+
+    /// Another broker of the same kind (durable consumers outlive their apps).
+    fn fresh(&self) -> Rig {
+        if self.is_nats() {
+            Rig::nats()
+        } else {
+            Rig::memory()
+        }
+    }
+
+    fn is_nats(&self) -> bool {
+        matches!(self, Rig::Nats(_))
+    }
+}
+
+/// Runs `async fn $name(rig: Rig)` as `$name::memory` (paused clock) and `$name::jetstream`.
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(start_paused = true)]
+            async fn memory() {
+                super::$name(super::Rig::memory()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn jetstream() {
+                super::$name(super::Rig::nats()).await
+            }
+        }
+    )*};
+}
 
 #[event("order.placed")]
 pub struct OrderPlaced {
@@ -48,8 +107,8 @@ impl Seen {
     }
 }
 
-async fn start(service: &str, seen: &Arc<Seen>, handlers: &[&str]) -> TestApp {
-    TestApp::builder(service)
+async fn start(rig: &Rig, service: &str, seen: &Arc<Seen>, handlers: &[&str]) -> TestApp {
+    rig.app(service)
         .shared_state(Arc::clone(seen))
         .handlers(handlers)
         .start()
@@ -81,11 +140,10 @@ async fn audit_orders(event: RawEvent, seen: State<Seen>) {
 #[handler(">")]
 async fn audit_everything(_event: RawEvent) {}
 
-#[tokio::test]
-async fn every_matching_handler_gets_every_event() {
+async fn every_matching_handler_gets_every_event(rig: Rig) {
     let seen = Arc::new(Seen::default());
     let handlers = ["billing_on_placed", "shipping_on_placed", "audit_orders"];
-    let app = start("fanout", &seen, &handlers).await;
+    let app = start(&rig, "fanout", &seen, &handlers).await;
     app.publish(&OrderPlaced { id: 1 }).await.unwrap();
     app.publish(&OrderPlaced { id: 2 }).await.unwrap();
     app.publish(&OrderShipped { id: 1 }).await.unwrap();
@@ -100,10 +158,15 @@ async fn every_matching_handler_gets_every_event() {
     assert_eq!(seen.ids(), [1, 2, 1001, 1002, 2000, 2000, 3000]);
 }
 
-#[tokio::test]
-async fn wildcards_match_tokens_as_nats_does() {
+async fn wildcards_match_tokens_as_nats_does(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("wildcards", &seen, &["audit_orders", "audit_everything"]).await;
+    let app = start(
+        &rig,
+        "wildcards",
+        &seen,
+        &["audit_orders", "audit_everything"],
+    )
+    .await;
     app.publish(&OrderShipped { id: 9 }).await.unwrap();
     app.publisher()
         .publish_raw("order.shipped.late", 1, "{}")
@@ -140,10 +203,9 @@ async fn fails_three_times(event: OrderPlaced, seen: State<Seen>) -> Result<(), 
     Ok(())
 }
 
-#[tokio::test(start_paused = true)]
-async fn retries_follow_the_backoff_schedule() {
+async fn retries_follow_the_backoff_schedule(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("retry", &seen, &["fails_three_times"]).await;
+    let app = start(&rig, "retry", &seen, &["fails_three_times"]).await;
     app.publish(&OrderPlaced { id: 1 }).await.unwrap();
     app.settle().await;
     let stats = app.stats("fails_three_times");
@@ -152,11 +214,11 @@ async fn retries_follow_the_backoff_schedule() {
         (1, 3, 0)
     );
     assert_eq!(seen.ids(), [1]);
-    let gaps: Vec<u128> = seen.gaps().iter().map(|d| d.as_millis()).collect();
-    assert_eq!(
-        gaps,
-        [100, 200, 350],
-        "exponential from 100ms, capped at 350ms"
+    assert_gaps(
+        &rig,
+        &seen.gaps(),
+        &[100, 200, 350],
+        "exponential from 100ms, capped at 350ms",
     );
 }
 
@@ -166,23 +228,21 @@ async fn fails_with_jitter(_event: OrderPlaced, seen: State<Seen>) -> Result<(),
     Err(HandlerError::retry("nope"))
 }
 
-#[tokio::test(start_paused = true)]
-async fn jitter_keeps_each_delay_between_half_and_all_of_it() {
+async fn jitter_keeps_each_delay_between_half_and_all_of_it(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("jitter", &seen, &["fails_with_jitter"]).await;
+    let app = start(&rig, "jitter", &seen, &["fails_with_jitter"]).await;
     app.publish(&OrderPlaced { id: 1 }).await.unwrap();
     app.settle().await;
     let gaps = seen.gaps();
     assert_eq!(gaps.len(), 2);
-    assert!(
-        gaps[0] >= Duration::from_millis(500) && gaps[0] <= Duration::from_secs(1),
-        "{gaps:?}"
-    );
-    assert!(
-        gaps[1] >= Duration::from_secs(1) && gaps[1] <= Duration::from_secs(2),
-        "{gaps:?}"
-    );
-    assert_eq!(app.dead_letters().len(), 1);
+    assert!(gaps[0] >= Duration::from_millis(500), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_secs(1), "{gaps:?}");
+    if !rig.is_nats() {
+        // On the paused clock the delays are exact; on a broker they are lower bounds only.
+        assert!(gaps[0] <= Duration::from_secs(1), "{gaps:?}");
+        assert!(gaps[1] <= Duration::from_secs(2), "{gaps:?}");
+    }
+    assert_eq!(app.dead_letters().await.unwrap().len(), 1);
 }
 
 #[handler(retries = 2, base_delay = "10ms")]
@@ -190,13 +250,12 @@ async fn always_fails(_event: OrderPlaced) -> Result<(), HandlerError> {
     Err(HandlerError::retry(std::io::Error::other("smtp down")))
 }
 
-#[tokio::test(start_paused = true)]
-async fn exhausted_retries_dead_letter_with_everything_needed_to_redrive() {
+async fn exhausted_retries_dead_letter_with_everything_needed_to_redrive(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("exhaust", &seen, &["always_fails"]).await;
+    let app = start(&rig, "exhaust", &seen, &["always_fails"]).await;
     let id = app.publish(&OrderPlaced { id: 5 }).await.unwrap();
     app.settle().await;
-    let letters = app.dead_letters();
+    let letters = app.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(letter.reason, DlqReason::RetriesExhausted);
@@ -239,10 +298,9 @@ async fn declines(_event: OrderPlaced, seen: State<Seen>) -> Result<(), HandlerE
     Err(HandlerError::permanent(ChargeFailed(Declined)))
 }
 
-#[tokio::test]
-async fn permanent_errors_dead_letter_at_once_with_the_error_chain() {
+async fn permanent_errors_dead_letter_at_once_with_the_error_chain(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("permanent", &seen, &["declines"]).await;
+    let app = start(&rig, "permanent", &seen, &["declines"]).await;
     app.publish(&OrderPlaced { id: 1 }).await.unwrap();
     app.settle().await;
     assert_eq!(
@@ -250,7 +308,7 @@ async fn permanent_errors_dead_letter_at_once_with_the_error_chain() {
         1,
         "no retry for a permanent error"
     );
-    let letters = app.dead_letters();
+    let letters = app.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, DlqReason::Permanent);
     assert_eq!(letters[0].attempts, 1);
@@ -308,10 +366,10 @@ async fn on_registered(event: Envelope<UserRegistered>, seen: State<Registration
         .push((event.id, event.email.clone(), event.locale.clone(), version));
 }
 
-#[tokio::test(start_paused = true)]
-async fn old_versions_are_upcast_through_the_whole_chain() {
+async fn old_versions_are_upcast_through_the_whole_chain(rig: Rig) {
     let seen = Arc::new(Registrations::default());
-    let app = TestApp::builder("upcast")
+    let app = rig
+        .app("upcast")
         .shared_state(Arc::clone(&seen))
         .handlers(&["on_registered"])
         .start()
@@ -344,10 +402,10 @@ async fn old_versions_are_upcast_through_the_whole_chain() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn undecodable_payloads_dead_letter_at_once_with_reason_decode() {
+async fn undecodable_payloads_dead_letter_at_once_with_reason_decode(rig: Rig) {
     let seen = Arc::new(Registrations::default());
-    let app = TestApp::builder("poison")
+    let app = rig
+        .app("poison")
         .shared_state(Arc::clone(&seen))
         .handlers(&["on_registered"])
         .start()
@@ -362,7 +420,7 @@ async fn undecodable_payloads_dead_letter_at_once_with_reason_decode() {
         .await
         .unwrap();
     app.settle().await;
-    let letters = app.dead_letters();
+    let letters = app.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 2);
     for letter in &letters {
         assert_eq!(letter.reason, DlqReason::Decode);
@@ -386,10 +444,10 @@ async fn undecodable_payloads_dead_letter_at_once_with_reason_decode() {
     assert!(seen.0.lock().unwrap().is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn unknown_newer_versions_are_retried_then_dead_lettered_with_reason_version() {
+async fn unknown_newer_versions_are_retried_then_dead_lettered_with_reason_version(rig: Rig) {
     let seen = Arc::new(Registrations::default());
-    let app = TestApp::builder("newer")
+    let app = rig
+        .app("newer")
         .shared_state(Arc::clone(&seen))
         .handlers(&["on_registered"])
         .start()
@@ -400,7 +458,7 @@ async fn unknown_newer_versions_are_retried_then_dead_lettered_with_reason_versi
         .await
         .unwrap();
     app.settle().await;
-    let letters = app.dead_letters();
+    let letters = app.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, DlqReason::Version);
     assert_eq!(
@@ -431,11 +489,10 @@ async fn idem_always(event: OrderPlaced, seen: State<Seen>) {
     seen.record(event.id);
 }
 
-#[tokio::test]
-async fn a_redelivered_processed_event_is_not_handled_twice() {
+async fn a_redelivered_processed_event_is_not_handled_twice(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("idem-redelivered", &seen, &["idem_redelivered"]).await;
-    app.broker().lose_next_acks(1); // processed and recorded, but the ack never arrives
+    let app = start(&rig, "idem-redelivered", &seen, &["idem_redelivered"]).await;
+    app.lose_next_acks(1); // processed and recorded, but the ack never arrives
     app.publish(&OrderPlaced { id: 7 }).await.unwrap();
     app.settle().await;
     assert_eq!(
@@ -447,25 +504,31 @@ async fn a_redelivered_processed_event_is_not_handled_twice() {
     assert_eq!((stats.handled, stats.duplicates), (1, 1));
 }
 
-#[tokio::test]
-async fn with_idempotency_off_a_redelivered_event_is_handled_again() {
+async fn with_idempotency_off_a_redelivered_event_is_handled_again(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("idem-off", &seen, &["idem_off"]).await;
-    app.broker().lose_next_acks(1);
+    let app = start(&rig, "idem-off", &seen, &["idem_off"]).await;
+    app.lose_next_acks(1);
     app.publish(&OrderPlaced { id: 7 }).await.unwrap();
     app.settle().await;
     assert_eq!(seen.ids(), [7, 7]);
     assert_eq!(app.stats("idem_off").duplicates, 0);
 }
 
-#[tokio::test]
-async fn always_mode_catches_republished_ids_outside_the_duplicate_window() {
+async fn always_mode_catches_republished_ids_outside_the_duplicate_window(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let broker = MemoryBroker::new()
-        .with_retention(1000)
-        .with_duplicate_window(Duration::ZERO);
-    let app = TestApp::builder("idem-always")
-        .broker(broker)
+    // A duplicate window so short that the republished id gets through.
+    let window = Duration::from_millis(100);
+    let app = match &rig {
+        Rig::Memory(_) => TestApp::builder("idem-always")
+            .broker(MemoryBroker::new().with_duplicate_window(Duration::ZERO)),
+        Rig::Nats(_) => rig.app("idem-always").configure(|b| {
+            let mut topology = Topology::default();
+            topology.duplicate_window = window;
+            topology.ack_wait = Duration::from_secs(1);
+            b.topology(topology)
+        }),
+    };
+    let app = app
         .shared_state(Arc::clone(&seen))
         .handlers(&["idem_always", "idem_redelivered"])
         .start()
@@ -477,6 +540,7 @@ async fn always_mode_catches_republished_ids_outside_the_duplicate_window() {
         .await
         .unwrap();
     app.settle().await;
+    tokio::time::sleep(window * 2).await;
     app.publisher()
         .publish_with(&OrderPlaced { id: 7 }, options())
         .await
@@ -498,10 +562,9 @@ async fn always_mode_catches_republished_ids_outside_the_duplicate_window() {
     assert_eq!(app.stats("idem_redelivered").duplicates, 1);
 }
 
-#[tokio::test]
-async fn the_duplicate_window_drops_a_republished_id() {
+async fn the_duplicate_window_drops_a_republished_id(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("dup-window", &seen, &["idem_off"]).await;
+    let app = start(&rig, "dup-window", &seen, &["idem_off"]).await;
     for _ in 0..5 {
         app.publisher()
             .publish_with(
@@ -512,7 +575,11 @@ async fn the_duplicate_window_drops_a_republished_id() {
             .unwrap();
     }
     app.settle().await;
-    assert_eq!(app.published::<OrderPlaced>().len(), 1, "one copy stored");
+    assert_eq!(
+        app.published::<OrderPlaced>().await.unwrap().len(),
+        1,
+        "one copy stored"
+    );
     assert_eq!(seen.ids(), [3]);
 }
 
@@ -526,16 +593,15 @@ async fn panics_on_two(event: OrderPlaced, seen: State<Seen>) {
     seen.record(event.id);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_panic_is_isolated_to_its_message() {
+async fn a_panic_is_isolated_to_its_message(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("panics", &seen, &["panics_on_two"]).await;
+    let app = start(&rig, "panics", &seen, &["panics_on_two"]).await;
     for id in 1..=3 {
         app.publish(&OrderPlaced { id }).await.unwrap();
     }
     app.settle().await;
     assert_eq!(seen.ids(), [1, 3], "the other messages are handled");
-    let letters = app.dead_letters();
+    let letters = app.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, DlqReason::RetriesExhausted);
     assert_eq!(letters[0].error, "panicked: boom on 2");
@@ -549,15 +615,14 @@ async fn too_slow(event: OrderPlaced, seen: State<Seen>) {
     seen.record(event.id);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_handler_past_its_timeout_is_retried_then_dead_lettered() {
+async fn a_handler_past_its_timeout_is_retried_then_dead_lettered(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("timeouts", &seen, &["too_slow"]).await;
+    let app = start(&rig, "timeouts", &seen, &["too_slow"]).await;
     app.publish(&OrderPlaced { id: 60 }).await.unwrap();
     app.settle().await;
     assert_eq!(seen.calls.load(Ordering::SeqCst), 2);
     assert!(seen.ids().is_empty(), "the slow attempts were cut off");
-    let letters = app.dead_letters();
+    let letters = app.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].error, "timed out after 1s");
 }
@@ -580,11 +645,11 @@ async fn one_at_a_time(event: OrderPlaced, seen: State<Seen>) {
     seen.record(event.id);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_concurrency_limit_is_respected() {
+async fn the_concurrency_limit_is_respected(rig: Rig) {
     for (handler, limit) in [("three_at_a_time", 3), ("one_at_a_time", 1)] {
+        let rig = rig.fresh();
         let seen = Arc::new(Seen::default());
-        let app = start("concurrency", &seen, &[handler]).await;
+        let app = start(&rig, "concurrency", &seen, &[handler]).await;
         for id in 0..20 {
             app.publish(&OrderPlaced { id }).await.unwrap();
         }
@@ -608,10 +673,9 @@ async fn ship_after_placed(event: OrderPlaced, ctx: Context) -> Result<(), Handl
     Ok(())
 }
 
-#[tokio::test]
-async fn context_publish_carries_correlation_and_causation() {
+async fn context_publish_carries_correlation_and_causation(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("metadata", &seen, &["ship_after_placed"]).await;
+    let app = start(&rig, "metadata", &seen, &["ship_after_placed"]).await;
     let placed_id = app
         .publisher()
         .publish_with(
@@ -623,6 +687,8 @@ async fn context_publish_carries_correlation_and_causation() {
     app.settle().await;
     let shipped: Vec<_> = app
         .published_raw()
+        .await
+        .unwrap()
         .into_iter()
         .filter(|m| m.name() == "order.shipped")
         .collect();
@@ -641,16 +707,38 @@ async fn context_publish_carries_correlation_and_causation() {
     assert_ne!(meta.id, placed_id);
 }
 
+/// On the paused clock a retry comes exactly after its delay; a broker redelivers no earlier
+/// than the nak delay (later by however long the machine takes, which is not asserted).
+fn assert_gaps(rig: &Rig, gaps: &[Duration], expected_ms: &[u64], what: &str) {
+    let millis: Vec<u64> = gaps.iter().map(|d| d.as_millis() as u64).collect();
+    assert_eq!(millis.len(), expected_ms.len(), "{what}: {millis:?}");
+    for (gap, expected) in millis.iter().zip(expected_ms) {
+        if rig.is_nats() {
+            assert!(
+                gap >= expected,
+                "{what}: {millis:?} (each at least {expected_ms:?})"
+            );
+        } else {
+            assert_eq!(gap, expected, "{what}: {millis:?}");
+        }
+    }
+}
+
+async fn wait_until_called(seen: &Seen) {
+    while seen.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn uuid_version(id: &str) -> Option<char> {
     id.chars().nth(14)
 }
 
-#[tokio::test]
-async fn a_first_event_correlates_with_itself() {
+async fn a_first_event_correlates_with_itself(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = start("correlation", &seen, &[]).await;
+    let app = start(&rig, "correlation", &seen, &[]).await;
     let id = app.publish(&OrderPlaced { id: 1 }).await.unwrap();
-    let raw = app.published_raw();
+    let raw = app.published_raw().await.unwrap();
     assert_eq!(raw[0].metadata().correlation_id, id);
     assert_eq!(raw[0].metadata().causation_id, None);
 }
@@ -663,15 +751,12 @@ async fn shared_work(event: OrderPlaced, seen: State<Seen>) {
     seen.record(event.id);
 }
 
-#[tokio::test]
-async fn instances_of_one_service_share_the_work_and_services_each_get_everything() {
-    let broker = MemoryBroker::new();
+async fn instances_of_one_service_share_the_work_and_services_each_get_everything(rig: Rig) {
     let seen_a = Arc::new(Seen::default());
     let seen_b = Arc::new(Seen::default());
     let seen_other = Arc::new(Seen::default());
     let app = |service: &str, seen: &Arc<Seen>| {
-        TestApp::builder(service)
-            .broker(broker.clone())
+        rig.app(service)
             .shared_state(Arc::clone(seen))
             .handlers(&["shared_work"])
             .start()
@@ -704,16 +789,15 @@ async fn instances_of_one_service_share_the_work_and_services_each_get_everythin
 
 #[handler]
 async fn slow_but_finishes(event: OrderPlaced, seen: State<Seen>) {
+    seen.calls.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(2)).await;
     seen.record(event.id);
 }
 
-#[tokio::test(start_paused = true)]
-async fn shutdown_lets_in_flight_handlers_finish_and_leaves_the_rest_queued() {
-    let broker = MemoryBroker::new();
+async fn shutdown_lets_in_flight_handlers_finish_and_leaves_the_rest_queued(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = TestApp::builder("drain")
-        .broker(broker.clone())
+    let app = rig
+        .app("drain")
         .shared_state(Arc::clone(&seen))
         .handlers(&["slow_but_finishes"])
         .start()
@@ -722,15 +806,15 @@ async fn shutdown_lets_in_flight_handlers_finish_and_leaves_the_rest_queued() {
     for id in 0..3 {
         app.publish(&OrderPlaced { id }).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(10)).await; // the first is in flight
+    wait_until_called(&seen).await; // the first is in flight
     app.shutdown().await.unwrap();
     assert_eq!(
         seen.ids(),
         [0],
         "the in-flight handler finished; no new work was taken"
     );
-    let next = TestApp::builder("drain")
-        .broker(broker)
+    let next = rig
+        .app("drain")
         .shared_state(Arc::clone(&seen))
         .handlers(&["slow_but_finishes"])
         .start()
@@ -744,12 +828,10 @@ async fn shutdown_lets_in_flight_handlers_finish_and_leaves_the_rest_queued() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn handlers_past_the_shutdown_timeout_are_stopped_and_redelivered() {
-    let broker = MemoryBroker::new();
+async fn handlers_past_the_shutdown_timeout_are_stopped_and_redelivered(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let app = TestApp::builder("cutoff")
-        .broker(broker.clone())
+    let app = rig
+        .app("cutoff")
         .shared_state(Arc::clone(&seen))
         .handlers(&["slow_but_finishes"])
         .configure(|b| b.shutdown_timeout(Duration::from_millis(500)))
@@ -757,11 +839,11 @@ async fn handlers_past_the_shutdown_timeout_are_stopped_and_redelivered() {
         .await
         .unwrap();
     app.publish(&OrderPlaced { id: 1 }).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    wait_until_called(&seen).await;
     app.shutdown().await.unwrap();
     assert!(seen.ids().is_empty(), "cut off at the deadline");
-    let next = TestApp::builder("cutoff")
-        .broker(broker)
+    let next = rig
+        .app("cutoff")
         .shared_state(Arc::clone(&seen))
         .handlers(&["slow_but_finishes"])
         .start()
@@ -779,19 +861,12 @@ async fn replays_history(event: OrderPlaced, seen: State<Seen>) {
     seen.record(event.id);
 }
 
-#[tokio::test]
-async fn start_all_replays_what_the_broker_holds_and_start_new_does_not() {
-    let broker = MemoryBroker::new();
+async fn start_all_replays_what_the_broker_holds_and_start_new_does_not(rig: Rig) {
     let seen = Arc::new(Seen::default());
-    let producer = TestApp::builder("producer")
-        .broker(broker.clone())
-        .handlers(&[])
-        .start()
-        .await
-        .unwrap();
+    let producer = rig.app("producer").handlers(&[]).start().await.unwrap();
     producer.publish(&OrderPlaced { id: 1 }).await.unwrap();
-    let consumer = TestApp::builder("late")
-        .broker(broker)
+    let consumer = rig
+        .app("late")
         .shared_state(Arc::clone(&seen))
         .handlers(&["replays_history", "idem_off"])
         .start()
@@ -810,3 +885,28 @@ async fn start_all_replays_what_the_broker_holds_and_start_new_does_not() {
         "`new` (the default) did not"
     );
 }
+
+on_both_transports!(
+    every_matching_handler_gets_every_event,
+    wildcards_match_tokens_as_nats_does,
+    retries_follow_the_backoff_schedule,
+    jitter_keeps_each_delay_between_half_and_all_of_it,
+    exhausted_retries_dead_letter_with_everything_needed_to_redrive,
+    permanent_errors_dead_letter_at_once_with_the_error_chain,
+    old_versions_are_upcast_through_the_whole_chain,
+    undecodable_payloads_dead_letter_at_once_with_reason_decode,
+    unknown_newer_versions_are_retried_then_dead_lettered_with_reason_version,
+    a_redelivered_processed_event_is_not_handled_twice,
+    with_idempotency_off_a_redelivered_event_is_handled_again,
+    always_mode_catches_republished_ids_outside_the_duplicate_window,
+    the_duplicate_window_drops_a_republished_id,
+    a_panic_is_isolated_to_its_message,
+    a_handler_past_its_timeout_is_retried_then_dead_lettered,
+    the_concurrency_limit_is_respected,
+    context_publish_carries_correlation_and_causation,
+    a_first_event_correlates_with_itself,
+    instances_of_one_service_share_the_work_and_services_each_get_everything,
+    shutdown_lets_in_flight_handlers_finish_and_leaves_the_rest_queued,
+    handlers_past_the_shutdown_timeout_are_stopped_and_redelivered,
+    start_all_replays_what_the_broker_holds_and_start_new_does_not,
+);

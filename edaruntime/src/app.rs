@@ -435,13 +435,11 @@ impl RunningApp {
     }
 
     /// The broker this app is bound to.
-    #[allow(dead_code)] // used by the NATS mode of TestApp, being written
     pub(crate) fn backend(&self) -> &Backend {
         &self.backend
     }
 
     /// Durable consumer names of the handlers, with the handler names.
-    #[allow(dead_code)] // used by the NATS mode of TestApp, being written
     pub(crate) fn durables(&self) -> Vec<(String, &'static str)> {
         self.runtimes
             .iter()

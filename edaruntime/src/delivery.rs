@@ -59,6 +59,18 @@ impl DlqReason {
             DlqReason::RetriesExhausted => "retries_exhausted",
         }
     }
+
+    /// The reason a header value names.
+    pub fn parse(value: &str) -> Option<DlqReason> {
+        [
+            DlqReason::Decode,
+            DlqReason::Version,
+            DlqReason::Permanent,
+            DlqReason::RetriesExhausted,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == value)
+    }
 }
 
 impl fmt::Display for DlqReason {

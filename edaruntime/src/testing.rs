@@ -3,21 +3,24 @@
 //! [`NatsCluster`] run real `nats-server` processes for tests.
 
 mod nats;
-pub use nats::{NatsCluster, NatsServer, TestServerError};
+pub use nats::{nats_server_binary, NatsCluster, NatsServer, TestServerError};
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::app::{AppBuilder, AppShared, RunningApp};
+use crate::app::{AppBuilder, AppShared, Backend, RunningApp};
 use crate::delivery::{DeadLetter, HandlerStats};
 use crate::error::{PublishError, Result};
 use crate::event::{Event, Metadata, RawEvent};
 use crate::handler::{Context, Scope, StateMap};
 use crate::publish::Publisher;
+use crate::transport::jetstream::JetStream;
 use crate::transport::memory::MemoryBroker;
 use crate::App;
 
-/// An app on an in-memory broker that keeps every message, for tests.
+/// An app for tests: on an in-memory broker that keeps every message (the default), or on
+/// a real NATS server ([`TestAppBuilder::nats`]) with the same API, so one test runs on both.
 ///
 /// ```
 /// use eda::prelude::*;
@@ -40,16 +43,18 @@ use crate::App;
 /// ```
 pub struct TestApp {
     app: RunningApp,
-    broker: MemoryBroker,
 }
+
+/// How long [`TestApp::settle`] waits on NATS before it gives up (the test's assertions then
+/// say what is missing).
+const NATS_SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
 impl TestApp {
     /// Configures a test app for `service` (every handler of that service, unless narrowed).
     pub fn builder(service: impl Into<String>) -> TestAppBuilder {
         let broker = MemoryBroker::new().with_retention(usize::MAX);
         TestAppBuilder {
-            builder: App::builder(service).memory_broker(broker.clone()),
-            broker,
+            builder: App::builder(service).memory_broker(broker),
         }
     }
 
@@ -68,30 +73,42 @@ impl TestApp {
         self.app.publisher()
     }
 
-    /// Resolves once no message is queued, in flight or waiting for a retry. Under tokio's
-    /// paused clock (`#[tokio::test(start_paused = true)]`) retry delays pass instantly.
+    /// Resolves once no message is queued, in flight or waiting for a retry. In memory under
+    /// tokio's paused clock (`#[tokio::test(start_paused = true)]`) retry delays pass
+    /// instantly; on NATS it polls the consumers of this app until none has a message pending
+    /// or unacknowledged and the streams stopped growing (at most two minutes).
     pub async fn settle(&self) {
-        self.broker.wait_idle().await;
+        match self.app.backend() {
+            Backend::Memory(broker) => broker.wait_idle().await,
+            Backend::Nats(js) => settle_nats(js, &self.app.durables()).await,
+        }
     }
 
     /// Every published event of type `E` (by name, upcast from older versions), in order.
-    pub fn published<E: Event>(&self) -> Vec<E> {
-        self.broker
-            .messages()
+    pub async fn published<E: Event>(&self) -> Result<Vec<E>> {
+        Ok(self
+            .published_raw()
+            .await?
             .iter()
             .filter(|m| m.name() == E::NAME)
             .filter_map(|m| m.decode::<E>().ok())
-            .collect()
+            .collect())
     }
 
     /// Every published message, undecoded (to check metadata).
-    pub fn published_raw(&self) -> Vec<RawEvent> {
-        self.broker.messages()
+    pub async fn published_raw(&self) -> Result<Vec<RawEvent>> {
+        match self.app.backend() {
+            Backend::Memory(broker) => Ok(broker.messages()),
+            Backend::Nats(js) => js.events().await,
+        }
     }
 
     /// Every dead letter so far.
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.broker.dead_letters()
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        match self.app.backend() {
+            Backend::Memory(broker) => Ok(broker.dead_letters()),
+            Backend::Nats(js) => js.dead_letters().await,
+        }
     }
 
     /// How many messages handler `name` handled successfully.
@@ -104,15 +121,52 @@ impl TestApp {
         self.app.stats(name).unwrap_or_default()
     }
 
-    /// The broker (for fault injection such as [`MemoryBroker::lose_next_acks`]).
-    pub fn broker(&self) -> &MemoryBroker {
-        &self.broker
+    /// Fault injection: the next `count` acks are lost, as if the process died between
+    /// recording its work and acking, so those messages are delivered again (on NATS after
+    /// the ack wait).
+    pub fn lose_next_acks(&self, count: u32) {
+        match self.app.backend() {
+            Backend::Memory(broker) => broker.lose_next_acks(count),
+            Backend::Nats(js) => js.lose_next_acks(count),
+        }
+    }
+
+    /// The running app underneath.
+    pub fn app(&self) -> &RunningApp {
+        &self.app
     }
 
     /// Shuts the app down gracefully.
     pub async fn shutdown(self) -> Result<()> {
         self.app.shutdown().await
     }
+}
+
+async fn settle_nats(js: &JetStream, durables: &[(String, &'static str)]) {
+    let deadline = tokio::time::Instant::now() + NATS_SETTLE_LIMIT;
+    let mut quiet_polls = 0;
+    let mut last_seen = None;
+    while tokio::time::Instant::now() < deadline {
+        let sequences = js.last_sequences().await.ok();
+        let mut busy = sequences.is_none();
+        for (durable, _) in durables {
+            match js.pending(durable).await {
+                Ok((pending, ack_pending)) => busy |= pending > 0 || ack_pending > 0,
+                Err(_) => busy = true,
+            }
+        }
+        if !busy && sequences == last_seen {
+            quiet_polls += 1;
+            if quiet_polls >= 2 {
+                return;
+            }
+        } else {
+            quiet_polls = 0;
+        }
+        last_seen = sequences;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!("the app did not settle within {NATS_SETTLE_LIMIT:?}");
 }
 
 impl fmt::Debug for TestApp {
@@ -125,7 +179,6 @@ impl fmt::Debug for TestApp {
 #[must_use]
 pub struct TestAppBuilder {
     builder: AppBuilder,
-    broker: MemoryBroker,
 }
 
 impl TestAppBuilder {
@@ -147,10 +200,17 @@ impl TestAppBuilder {
         self
     }
 
-    /// Use this broker (e.g. one shared with another app, or with another duplicate window).
+    /// Use this in-memory broker (e.g. one shared with another app, or with another
+    /// duplicate window).
     pub fn broker(mut self, broker: MemoryBroker) -> Self {
-        self.builder = self.builder.memory_broker(broker.clone());
-        self.broker = broker;
+        self.builder = self.builder.memory_broker(broker);
+        self
+    }
+
+    /// Run on the NATS server at `url` (e.g. [`NatsServer::url`]); the `EDA_*` environment
+    /// is ignored so a test never reaches another server.
+    pub fn nats(mut self, url: impl Into<String>) -> Self {
+        self.builder = self.builder.nats(url).without_env();
         self
     }
 
@@ -164,7 +224,6 @@ impl TestAppBuilder {
     pub async fn start(self) -> Result<TestApp> {
         Ok(TestApp {
             app: self.builder.start().await?,
-            broker: self.broker,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! [`crate::delivery`]; this module only carries bytes, acks and naks.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use super::{Acknowledge, Outbound, Transport};
 use crate::app::Signals;
 use crate::config::{NatsAuth, NatsSettings};
-use crate::delivery::{DeadLetter, Delivery, HandlerRuntime};
+use crate::delivery::{DeadLetter, Delivery, DlqReason, HandlerRuntime};
 use crate::error::{Error, PublishError};
 use crate::event::RawEvent;
 use crate::handler::{HandlerDescriptor, Start};
@@ -39,6 +39,7 @@ pub(crate) struct JetStream {
     replicas: usize,
     connected: Arc<AtomicBool>,
     reconnects: Arc<AtomicU64>,
+    lost_acks: Arc<AtomicU32>,
 }
 
 impl fmt::Debug for JetStream {
@@ -54,7 +55,6 @@ fn broker_error(message: impl Into<String>) -> Error {
     Error::Broker(message.into())
 }
 
-#[allow(dead_code)] // `pending`, `context`, `settings`: for the NATS mode of TestApp, being written
 impl JetStream {
     /// Connects (bounded by the connect timeout), checking JetStream is enabled.
     pub(crate) async fn connect(
@@ -151,6 +151,7 @@ impl JetStream {
             replicas,
             connected,
             reconnects,
+            lost_acks: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -265,26 +266,46 @@ impl JetStream {
         }
     }
 
+    /// Binds the key-value bucket `bucket`, creating its stream if missing. The stream is
+    /// created directly (with the key-value conventions) rather than through async-nats'
+    /// `create_key_value`, which first asks for account info in a shape nats-server 2.9 does
+    /// not send.
     async fn ensure_bucket(&self, bucket: &str, ttl: Duration) -> Result<kv::Store, Error> {
         if let Ok(store) = self.context.get_key_value(bucket).await {
             return Ok(store);
         }
-        let config = kv::Config {
-            bucket: bucket.to_owned(),
-            history: 1,
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
             max_age: ttl,
             storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
             num_replicas: self.replicas,
+            // The duplicate window may not exceed the age limit.
+            duplicate_window: if ttl.is_zero() {
+                Duration::from_secs(120)
+            } else {
+                ttl.min(Duration::from_secs(120))
+            },
             ..Default::default()
         };
-        match self.context.create_key_value(config).await {
-            Ok(store) => Ok(store),
-            Err(create_error) => self.context.get_key_value(bucket).await.map_err(|_| {
-                broker_error(format!(
+        let created = self.context.create_stream(config).await;
+        // Another instance may have created it at the same moment: binding decides.
+        self.context
+            .get_key_value(bucket)
+            .await
+            .map_err(|bind_error| match created {
+                Err(create_error) => broker_error(format!(
                     "cannot create key-value bucket `{bucket}`: {create_error}"
-                ))
-            }),
-        }
+                )),
+                Ok(_) => broker_error(format!(
+                    "cannot bind key-value bucket `{bucket}`: {bind_error}"
+                )),
+            })
     }
 
     /// Writes each event version's schema to the registry if absent; a different fingerprint
@@ -458,14 +479,102 @@ impl JetStream {
         Ok((info.num_pending, info.num_ack_pending))
     }
 
-    /// The JetStream context (for test helpers that read streams).
-    pub(crate) fn context(&self) -> &jetstream::Context {
-        &self.context
+    /// Fault injection for tests: the next `count` acks are not sent, as if the process died
+    /// between recording its work and acking; the broker redelivers after the ack wait.
+    pub(crate) fn lose_next_acks(&self, count: u32) {
+        self.lost_acks.store(count, Ordering::SeqCst);
     }
 
-    /// The topology in use.
-    pub(crate) fn settings(&self) -> &NatsSettings {
-        &self.settings
+    /// The last sequence of the event and dead-letter streams (to tell when traffic stopped).
+    pub(crate) async fn last_sequences(&self) -> Result<(u64, u64), Error> {
+        let t = &self.settings.topology;
+        let mut last = [0u64; 2];
+        for (slot, name) in last.iter_mut().zip([&t.events_stream, &t.dlq_stream]) {
+            let mut stream = self
+                .context
+                .get_stream(name)
+                .await
+                .map_err(|e| broker_error(format!("cannot look up stream `{name}`: {e}")))?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| broker_error(format!("cannot read stream `{name}`: {e}")))?;
+            *slot = info.state.last_sequence;
+        }
+        Ok((last[0], last[1]))
+    }
+
+    /// Every message of `stream` on `filter`, oldest first, read through a short-lived
+    /// ephemeral consumer (for inspection and tests).
+    async fn read_stream(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Result<Vec<jetstream::Message>, Error> {
+        let read_error =
+            |e: &dyn fmt::Display| broker_error(format!("cannot read stream `{stream}`: {e}"));
+        let handle = self
+            .context
+            .get_stream(stream)
+            .await
+            .map_err(|e| read_error(&e))?;
+        let mut reader = handle
+            .create_consumer(consumer::pull::Config {
+                filter_subject: filter.to_owned(),
+                ack_policy: consumer::AckPolicy::None,
+                deliver_policy: consumer::DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| read_error(&e))?;
+        let total = usize::try_from(reader.info().await.map_err(|e| read_error(&e))?.num_pending)
+            .unwrap_or(usize::MAX);
+        let mut messages = Vec::with_capacity(total.min(100_000));
+        while messages.len() < total {
+            let before = messages.len();
+            let mut batch = reader
+                .fetch()
+                .max_messages((total - before).min(1000))
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(|e| read_error(&e))?;
+            while let Some(message) = batch.next().await {
+                messages.push(message.map_err(|e| read_error(&e))?);
+            }
+            if messages.len() == before {
+                break;
+            }
+        }
+        let name = reader.cached_info().name.clone();
+        let _ = handle.delete_consumer(&name).await;
+        Ok(messages)
+    }
+
+    /// Every event in the event stream, oldest first.
+    pub(crate) async fn events(&self) -> Result<Vec<RawEvent>, Error> {
+        let t = &self.settings.topology;
+        let prefix = format!("{}.", t.subject_prefix);
+        let messages = self
+            .read_stream(&t.events_stream, &format!("{prefix}>"))
+            .await?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| self.to_delivery(m, &prefix))
+            .map(|(delivery, _)| delivery.raw)
+            .collect())
+    }
+
+    /// Every dead letter in the dead-letter stream, oldest first.
+    pub(crate) async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
+        let t = &self.settings.topology;
+        let prefix = format!("{}.", t.subject_prefix);
+        let messages = self.read_stream(&t.dlq_stream, "dlq.>").await?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| dead_letter_from(m, &prefix))
+            .collect())
     }
 
     /// Flushes pending publishes and drains the connection.
@@ -610,6 +719,7 @@ impl JetStream {
         let ack = JsAck {
             reply: message.reply.clone(),
             context: self.context.clone(),
+            lost_acks: Arc::clone(&self.lost_acks),
         };
         Some((delivery, ack))
     }
@@ -635,9 +745,11 @@ fn max_ack_pending(concurrency: u32) -> i64 {
         .clamp(256, 100_000)
 }
 
-/// Messages one instance pulls ahead of its handlers.
+/// Messages one instance pulls ahead of its handlers. A pulled message's ack wait runs while
+/// it waits for a free handler, so the batch stays near the concurrency: a message waits for
+/// at most about two handler runs before it starts (and then in-progress acks cover it).
 fn fetch_batch(concurrency: u32) -> usize {
-    (concurrency.max(1) as usize * 2).clamp(32, 1024)
+    (concurrency.max(1) as usize * 2).clamp(2, 1024)
 }
 
 fn is_code(error: &jetstream::context::GetStreamError, code: jetstream::ErrorCode) -> bool {
@@ -779,6 +891,36 @@ impl Transport for JetStreamTransport {
     }
 }
 
+/// A dead letter as stored on the dead-letter stream; `None` for messages eda did not write.
+fn dead_letter_from(message: jetstream::Message, prefix: &str) -> Option<DeadLetter> {
+    let headers = message.headers.as_ref()?;
+    let header = |key: &str| headers.get(key).map(|v| v.as_str().to_owned());
+    let original_subject = header(wire::ORIGINAL_SUBJECT)?;
+    let name = original_subject
+        .strip_prefix(prefix)
+        .unwrap_or(&original_subject);
+    let sequence = header(wire::ORIGINAL_SEQ).and_then(|s| s.parse().ok());
+    let (metadata, _) = wire::decode(name, &header, sequence, None);
+    let mut metadata = Arc::unwrap_or_clone(metadata);
+    if let Some(id) = header(wire::ORIGINAL_ID) {
+        metadata.id = id;
+    }
+    let subject = message.subject.to_string();
+    let mut parts = subject.splitn(3, '.').skip(1);
+    Some(DeadLetter {
+        service: parts.next().unwrap_or_default().to_owned(),
+        handler: header(wire::DLQ_HANDLER).unwrap_or_default(),
+        reason: DlqReason::parse(&header(wire::DLQ_REASON)?)?,
+        error: header(wire::DLQ_ERROR).unwrap_or_default(),
+        attempts: header(wire::DLQ_ATTEMPTS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        metadata: Arc::new(metadata),
+        payload: message.payload.clone(),
+        subject,
+    })
+}
+
 /// Header values cannot hold line breaks.
 fn header_safe(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
@@ -788,6 +930,7 @@ fn header_safe(text: &str) -> String {
 struct JsAck {
     reply: Option<async_nats::Subject>,
     context: jetstream::Context,
+    lost_acks: Arc<AtomicU32>,
 }
 
 impl JsAck {
@@ -802,6 +945,13 @@ impl JsAck {
 
 impl Acknowledge for JsAck {
     async fn ack(self) {
+        let lost = self
+            .lost_acks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lost {
+            return;
+        }
         // A lost ack means a redelivery, which idempotency absorbs: no need to wait for the
         // server's confirmation on the hot path.
         if let Err(e) = self.acker().ack().await {
@@ -887,7 +1037,7 @@ mod tests {
     fn limits_grow_with_concurrency() {
         assert_eq!(max_ack_pending(1), 256);
         assert_eq!(max_ack_pending(64), 4096);
-        assert_eq!(fetch_batch(1), 32);
+        assert_eq!(fetch_batch(1), 2);
         assert_eq!(fetch_batch(100), 200);
     }
 }
