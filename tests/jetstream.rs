@@ -1,0 +1,590 @@
+//! The JetStream transport on real `nats-server` processes (one per test): the wire format
+//! seen by plain NATS clients, provisioning and the schema registry, configuration errors, and
+//! a broker restart in the middle of 10,000 events. The delivery semantics themselves are
+//! tested on both transports in `tests/delivery.rs`.
+#![allow(missing_docs, missing_debug_implementations)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use eda::prelude::*;
+use eda::testing::{NatsServer, TestApp};
+use eda::{DlqReason, Error, PublishOptions};
+
+#[event("parcel.sent")]
+pub struct ParcelSent {
+    pub id: u64,
+}
+
+/// What the handlers saw: per event id, how often a handler finished it, and its metadata.
+#[derive(Default)]
+pub struct Ledger {
+    counts: Mutex<HashMap<u64, u32>>,
+    metadata: Mutex<Vec<(u64, String, u32, String)>>,
+    calls: AtomicU64,
+}
+
+impl Ledger {
+    fn count(&self, id: u64) {
+        *self.counts.lock().unwrap().entry(id).or_default() += 1;
+    }
+
+    fn distinct(&self) -> usize {
+        self.counts.lock().unwrap().len()
+    }
+}
+
+#[handler(service = "js-tests")]
+async fn on_parcel(event: Envelope<ParcelSent>, ledger: State<Ledger>) {
+    let m = &event.metadata;
+    ledger
+        .metadata
+        .lock()
+        .unwrap()
+        .push((event.id, m.id.clone(), m.version, m.source.clone()));
+    ledger.count(event.id);
+}
+
+#[handler(
+    service = "js-tests",
+    concurrency = 32,
+    base_delay = "50ms",
+    max_delay = "1s",
+    retries = 50
+)]
+async fn count_parcels(event: ParcelSent, ledger: State<Ledger>) {
+    ledger.calls.fetch_add(1, Ordering::Relaxed);
+    ledger.count(event.id);
+}
+
+fn server() -> NatsServer {
+    NatsServer::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn app(server: &NatsServer, ledger: &Arc<Ledger>, handlers: &[&str]) -> TestApp {
+    TestApp::builder("js-tests")
+        .nats(server.url())
+        .configure(|b| b.ack_wait(Duration::from_secs(2)))
+        .shared_state(Arc::clone(ledger))
+        .handlers(handlers)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("the app starts: {e}"))
+}
+
+async fn plain_client(server: &NatsServer) -> jetstream::Context {
+    let client = async_nats::connect(server.url())
+        .await
+        .expect("a plain client connects");
+    jetstream::new(client)
+}
+
+fn startup_error(result: eda::Result<impl std::fmt::Debug>) -> String {
+    match result {
+        Err(e) => e.to_string(),
+        Ok(app) => panic!("expected an error, but {app:?} started"),
+    }
+}
+
+/// Bounds a call that must fail by itself: hanging is the bug these tests look for.
+async fn within_a_minute<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung instead of failing"))
+}
+
+// ---- the wire format ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_from_plain_clients_are_handled_as_version_1() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = app(&server, &ledger, &["on_parcel"]).await;
+    let js = plain_client(&server).await;
+    js.publish("events.parcel.sent", r#"{"id": 1}"#.into())
+        .await
+        .unwrap()
+        .await
+        .expect("stored");
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "legacy-2");
+    js.publish_with_headers("events.parcel.sent", headers, r#"{"id": 2}"#.into())
+        .await
+        .unwrap()
+        .await
+        .expect("stored");
+    app.settle().await;
+    let mut seen = ledger.metadata.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (1, "1".to_string(), 1, String::new()),
+            (2, "legacy-2".to_string(), 1, String::new())
+        ],
+        "no headers: id from the stream sequence; Nats-Msg-Id when given; version 1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_naming_another_event_than_the_subject_are_dead_lettered_as_decode() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = app(&server, &ledger, &["on_parcel"]).await;
+    let js = plain_client(&server).await;
+    let mut headers = HeaderMap::new();
+    headers.insert("Eda-Event", "parcel.lost");
+    js.publish_with_headers("events.parcel.sent", headers, r#"{"id": 3}"#.into())
+        .await
+        .unwrap()
+        .await
+        .expect("stored");
+    app.settle().await;
+    assert_eq!(ledger.distinct(), 0, "the handler never saw it");
+    let letters = app.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DlqReason::Decode);
+    assert_eq!(letters[0].attempts, 1);
+    assert!(
+        letters[0].error.contains("parcel.lost") && letters[0].error.contains("parcel.sent"),
+        "the error names both: {}",
+        letters[0].error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_events_and_dead_letters_carry_every_header() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = app(&server, &ledger, &[]).await;
+    let id = app
+        .publisher()
+        .publish_with(
+            &ParcelSent { id: 4 },
+            PublishOptions::default().correlation_id("c-1"),
+        )
+        .await
+        .unwrap();
+    let js = plain_client(&server).await;
+    let stream = js.get_stream("EDA_EVENTS").await.unwrap();
+    let stored = stream
+        .get_raw_message(1)
+        .await
+        .expect("the event is in the stream");
+    assert_eq!(stored.subject.as_str(), "events.parcel.sent");
+    let payload: serde_json::Value = serde_json::from_slice(&stored.payload).unwrap();
+    assert_eq!(
+        payload,
+        serde_json::json!({"id": 4}),
+        "the payload is plain JSON"
+    );
+    let header = |name: &str| {
+        stored
+            .headers
+            .get(name)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_else(|| panic!("header {name} is missing: {:?}", stored.headers))
+    };
+    assert_eq!(header("Nats-Msg-Id"), id);
+    assert_eq!(header("Eda-Event"), "parcel.sent");
+    assert_eq!(header("Eda-Version"), "1");
+    assert_eq!(header("Eda-Source"), "js-tests");
+    assert_eq!(header("Eda-Correlation-Id"), "c-1");
+    assert_eq!(header("Eda-Schema"), ParcelSent::fingerprint());
+    assert!(
+        header("Eda-Time").ends_with('Z'),
+        "RFC 3339 in UTC: {}",
+        header("Eda-Time")
+    );
+}
+
+#[handler(service = "js-tests", retries = 1, base_delay = "10ms")]
+async fn refuses_parcels(_event: ParcelSent) -> Result<(), HandlerError> {
+    Err(HandlerError::retry(std::io::Error::other("depot closed")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_on_the_wire_holds_the_payload_and_every_dlq_header() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = app(&server, &ledger, &["refuses_parcels"]).await;
+    let id = app.publish(&ParcelSent { id: 5 }).await.unwrap();
+    app.settle().await;
+    let js = plain_client(&server).await;
+    let stream = js.get_stream("EDA_DLQ").await.unwrap();
+    let letter = stream.get_raw_message(1).await.expect("one dead letter");
+    assert_eq!(letter.subject.as_str(), "dlq.js-tests.refuses_parcels");
+    assert_eq!(
+        &letter.payload[..],
+        br#"{"id":5}"#,
+        "the original payload, unchanged"
+    );
+    let header = |name: &str| letter.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(
+        header("Eda-Dlq-Reason").as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(header("Eda-Dlq-Error").as_deref(), Some("depot closed"));
+    assert_eq!(header("Eda-Dlq-Attempts").as_deref(), Some("2"));
+    assert_eq!(
+        header("Eda-Dlq-Handler").as_deref(),
+        Some("refuses_parcels")
+    );
+    assert_eq!(
+        header("Eda-Original-Subject").as_deref(),
+        Some("events.parcel.sent")
+    );
+    assert_eq!(header("Eda-Original-Seq").as_deref(), Some("1"));
+    assert_eq!(header("Eda-Original-Id").as_deref(), Some(id.as_str()));
+    assert_eq!(header("Eda-Event").as_deref(), Some("parcel.sent"));
+    let events = js.get_stream("EDA_EVENTS").await.unwrap();
+    let mut consumer = events
+        .get_consumer::<jetstream::consumer::pull::Config>("js-tests__refuses_parcels")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "the original was terminated after the dead letter was stored"
+    );
+}
+
+// ---- provisioning and configuration errors --------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let result = within_a_minute(
+        "connecting to a closed port",
+        App::builder("js-tests")
+            .nats(format!("nats://127.0.0.1:{port}"))
+            .without_env()
+            .handlers(&[])
+            .connect_timeout(Duration::from_secs(1))
+            .start(),
+    )
+    .await;
+    let message = startup_error(result);
+    assert!(
+        message.contains(&format!(
+            "cannot connect to NATS at `nats://127.0.0.1:{port}`"
+        )) && message.contains("is nats-server running there?"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_a_clear_error() {
+    let server = NatsServer::start_with_args(&["--user", "ada", "--pass", "right"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    for builder in [
+        App::builder("js-tests")
+            .nats(server.url())
+            .nats_user_password("ada", "wrong"),
+        App::builder("js-tests").nats(server.url()),
+    ] {
+        let result = within_a_minute(
+            "connecting with bad credentials",
+            builder
+                .without_env()
+                .handlers(&[])
+                .connect_timeout(Duration::from_secs(2))
+                .start(),
+        )
+        .await;
+        let message = startup_error(result);
+        assert!(message.contains("rejected the credentials"), "{message}");
+        assert!(
+            !message.contains("wrong"),
+            "the password is not printed: {message}"
+        );
+    }
+    let ok = App::builder("js-tests")
+        .nats(server.url())
+        .nats_user_password("ada", "right")
+        .without_env()
+        .handlers(&[])
+        .start()
+        .await
+        .expect("the right password works");
+    ok.shutdown().await.unwrap();
+}
+
+#[test]
+fn bad_urls_and_a_tls_url_without_a_ca_are_startup_errors() {
+    let message = startup_error(
+        App::builder("js-tests")
+            .nats("tls://127.0.0.1:4222")
+            .without_env()
+            .handlers(&[])
+            .build(),
+    );
+    assert!(
+        message.contains("uses tls:// but no CA certificate was given: set EDA_NATS_TLS_CA or call `.nats_tls_ca(path)`"),
+        "{message}"
+    );
+    let message = startup_error(
+        App::builder("js-tests")
+            .nats("http://127.0.0.1:4222")
+            .without_env()
+            .handlers(&[])
+            .build(),
+    );
+    assert!(
+        message.contains("NATS URL `http://127.0.0.1:4222`: expected a nats:// or tls:// URL"),
+        "{message}"
+    );
+    let message = startup_error(
+        App::builder("js-tests")
+            .nats("nats://127.0.0.1:4222")
+            .nats_credentials("/nonexistent/eda.creds")
+            .without_env()
+            .handlers(&[])
+            .build(),
+    );
+    assert!(
+        message.contains("credentials file `/nonexistent/eda.creds` is not a readable file"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_stream_with_other_subjects_is_an_error_not_an_overwrite() {
+    let server = server();
+    let js = plain_client(&server).await;
+    js.create_stream(jetstream::stream::Config {
+        name: "EDA_EVENTS".into(),
+        subjects: vec!["legacy.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let message = startup_error(
+        within_a_minute(
+            "starting against a conflicting stream",
+            App::builder("js-tests")
+                .nats(server.url())
+                .without_env()
+                .handlers(&[])
+                .start(),
+        )
+        .await,
+    );
+    assert!(
+        message.contains("stream `EDA_EVENTS` exists with subjects [\"legacy.>\"], but eda needs `events.>` in `subjects`"),
+        "{message}"
+    );
+    let info = js
+        .get_stream("EDA_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(info.subjects, ["legacy.>"], "the stream was left as it was");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_registered_with_another_fingerprint_stops_startup() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let first = app(&server, &ledger, &[]).await;
+    first.shutdown().await.unwrap();
+    let js = plain_client(&server).await;
+    let schemas = js.get_key_value("EDA_SCHEMAS").await.unwrap();
+    let registered = schemas
+        .get("parcel.sent.v1")
+        .await
+        .unwrap()
+        .expect("registered at startup");
+    let registered: serde_json::Value = serde_json::from_slice(&registered).unwrap();
+    assert_eq!(registered["fingerprint"], ParcelSent::fingerprint());
+    let other = serde_json::json!({"name": "parcel.sent", "version": 1, "fingerprint": "0123abcd", "schema": {}});
+    schemas
+        .put("parcel.sent.v1", serde_json::to_vec(&other).unwrap().into())
+        .await
+        .unwrap();
+    let message = startup_error(
+        App::builder("js-tests")
+            .nats(server.url())
+            .without_env()
+            .handlers(&[])
+            .start()
+            .await,
+    );
+    assert!(
+        message.contains(&format!(
+            "event `parcel.sent` v1: this binary's schema has fingerprint `{}` but the registry `EDA_SCHEMAS` has `0123abcd`",
+            ParcelSent::fingerprint()
+        )),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_twice_and_from_many_instances_at_once_is_safe() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let starts = (0..4).map(|_| app(&server, &ledger, &["on_parcel"]));
+    let apps = futures_join_all(starts).await;
+    apps[0].publish(&ParcelSent { id: 9 }).await.unwrap();
+    apps[0].settle().await;
+    assert_eq!(ledger.distinct(), 1);
+    assert_eq!(
+        ledger.counts.lock().unwrap()[&9],
+        1,
+        "four instances share one durable consumer"
+    );
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.collect();
+    let mut out = Vec::new();
+    for f in handles {
+        out.push(f.await);
+    }
+    out
+}
+
+// ---- faults ---------------------------------------------------------------------------------
+
+/// FAULTS.md #12: the server is killed at a third of 10,000 events and started again on the
+/// same store. Every event whose publish returned Ok is handled; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_during_10_000_events_loses_nothing() {
+    const EVENTS: u64 = 10_000;
+    let mut server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = app(&server, &ledger, &["count_parcels"]).await;
+    let publisher = app.publisher();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let producing = tokio::spawn({
+        let acked = Arc::clone(&acked);
+        async move {
+            for id in 0..EVENTS {
+                // Retried with the same event id until stored: the broker drops repeats.
+                loop {
+                    let options = PublishOptions::default().id(format!("parcel-{id}"));
+                    match publisher.publish_with(&ParcelSent { id }, options).await {
+                        Ok(_) => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                acked.lock().unwrap().push(id);
+            }
+        }
+    });
+    while (acked.lock().unwrap().len() as u64) < EVENTS / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart().unwrap_or_else(|e| panic!("{e}"));
+    producing.await.unwrap();
+    // Drain: every acked event must come through (with retries after the reconnect).
+    for _ in 0..600 {
+        if ledger.distinct() as u64 == EVENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.settle().await;
+    let counts = ledger.counts.lock().unwrap().clone();
+    let lost: Vec<u64> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|id| !counts.contains_key(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acked events were never handled: {:?}...",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert_eq!(
+        counts.len() as u64,
+        EVENTS,
+        "exactly 10,000 distinct events handled"
+    );
+    let stored = app.published::<ParcelSent>().await.unwrap();
+    assert_eq!(
+        stored.len() as u64,
+        EVENTS,
+        "retried publishes were stored once"
+    );
+    let stats = app.stats("count_parcels");
+    assert_eq!(stats.dead_lettered, 0);
+    assert_eq!(
+        stats.handled, EVENTS,
+        "each event's success recorded exactly once (the atomic create absorbs repeated runs)"
+    );
+    eprintln!(
+        "broker restart: {} handler runs for {EVENTS} events ({} recognised duplicates, {} retries)",
+        ledger.calls.load(Ordering::Relaxed),
+        stats.duplicates,
+        stats.retried
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_while_the_broker_is_down_fails_instead_of_pretending() {
+    let mut server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = TestApp::builder("js-tests")
+        .nats(server.url())
+        .configure(|b| b.handlers(&[]))
+        .shared_state(Arc::clone(&ledger))
+        .start()
+        .await
+        .unwrap();
+    server.stop();
+    let result = within_a_minute(
+        "publishing with the broker down",
+        app.publish(&ParcelSent { id: 1 }),
+    )
+    .await;
+    assert!(
+        result.is_err(),
+        "a publish nobody stored must not return Ok"
+    );
+    server.restart().unwrap_or_else(|e| panic!("{e}"));
+    // After the reconnect the same app publishes again.
+    let mut stored = false;
+    for _ in 0..100 {
+        if app.publish(&ParcelSent { id: 2 }).await.is_ok() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "publishing works again after the broker came back");
+    assert!(app.app().is_connected());
+}
+
+#[test]
+fn startup_errors_are_errors_of_the_broker_kind() {
+    // Users branch on the variant: a broker problem is `Error::Broker`, configuration
+    // problems found before connecting are `Error::Startup`.
+    let error = App::builder("js-tests")
+        .nats("tls://x:1")
+        .without_env()
+        .handlers(&[])
+        .build()
+        .unwrap_err();
+    assert!(matches!(error, Error::Startup { .. }), "{error:?}");
+}
