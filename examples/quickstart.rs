@@ -1,7 +1,10 @@
-//! The quickstart: events, handlers, retries, upcasting and a dead letter, all in memory.
+//! The quickstart: events, handlers, retries, upcasting and a dead letter.
 //!
-//! Run it with `cargo run --example quickstart`. It publishes a few events, waits until every
-//! handler has settled, prints what happened and exits.
+//! `cargo run --example quickstart` runs it in memory. `cargo run --example quickstart -- --nats`
+//! runs the same handlers, unchanged, on NATS JetStream at `EDA_NATS_URL` (default
+//! `nats://127.0.0.1:4222`; the server needs JetStream, `nats-server -js`). Either way it
+//! publishes a few events, waits until every handler has settled, prints what happened and
+//! exits.
 
 #![allow(missing_docs, missing_debug_implementations)] // example types speak for themselves
 
@@ -100,42 +103,53 @@ async fn audit(event: RawEvent) {
 
 #[tokio::main]
 async fn main() -> eda::Result<()> {
-    let broker = eda::MemoryBroker::new();
-    let app = App::builder("quickstart")
-        .memory_broker(broker.clone())
-        .state(PaymentProvider::default())
-        .start()
-        .await?;
+    let builder = App::builder("quickstart").state(PaymentProvider::default());
+    let builder = if std::env::args().any(|arg| arg == "--nats") {
+        // EDA_NATS_URL, when set, wins over this default.
+        builder.nats("nats://127.0.0.1:4222")
+    } else {
+        builder.in_memory()
+    };
+    let app = builder.start().await?;
     let publisher = app.publisher();
 
     println!("publishing ...");
-    publisher
-        .publish(&UserCreated {
-            id: 1,
-            email: "ada@example.com".into(),
-            name: "Ada".into(),
-        })
-        .await?;
-    publisher
-        .publish(&UserCreatedV1 {
-            id: 2,
-            email: "grace@example.com".into(),
-        })
-        .await?;
-    publisher
-        .publish(&PaymentRequested {
-            bill_id: 10,
-            amount_cents: 4200,
-        })
-        .await?;
-    publisher
-        .publish(&PaymentRequested {
-            bill_id: 11,
-            amount_cents: 0,
-        })
-        .await?;
+    let mut ids = Vec::new();
+    ids.push(
+        publisher
+            .publish(&UserCreated {
+                id: 1,
+                email: "ada@example.com".into(),
+                name: "Ada".into(),
+            })
+            .await?,
+    );
+    ids.push(
+        publisher
+            .publish(&UserCreatedV1 {
+                id: 2,
+                email: "grace@example.com".into(),
+            })
+            .await?,
+    );
+    ids.push(
+        publisher
+            .publish(&PaymentRequested {
+                bill_id: 10,
+                amount_cents: 4200,
+            })
+            .await?,
+    );
+    ids.push(
+        publisher
+            .publish(&PaymentRequested {
+                bill_id: 11,
+                amount_cents: 0,
+            })
+            .await?,
+    );
 
-    broker.wait_idle().await;
+    app.settle().await;
 
     println!("\nsummary");
     for name in ["send_welcome", "charge", "audit"] {
@@ -146,7 +160,9 @@ async fn main() -> eda::Result<()> {
             );
         }
     }
-    for letter in broker.dead_letters() {
+    // On a shared broker the dead-letter stream also holds earlier runs' letters.
+    let letters = app.dead_letters().await?;
+    for letter in letters.iter().filter(|l| ids.contains(&l.metadata.id)) {
         println!(
             "  dead letter on {}: reason={} attempts={} error=\"{}\"",
             letter.subject, letter.reason, letter.attempts, letter.error

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{self, NatsAuth, NatsSettings, ProcessEnv, Topology};
-use crate::delivery::{Counters, HandlerRuntime, HandlerStats};
+use crate::delivery::{Counters, DeadLetter, HandlerRuntime, HandlerStats};
 use crate::error::{Error, Result};
 use crate::handler::{HandlerDescriptor, Scope, State, StateMap};
 use crate::idempotency::IdempotencyStore;
@@ -17,6 +17,9 @@ use crate::registry::{self, Catalog};
 use crate::transport::jetstream::JetStream;
 use crate::transport::memory::MemoryBroker;
 use crate::transport::Transport;
+
+/// How long [`RunningApp::settle`] waits on NATS at most.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
 /// How long in-flight handlers may run on after shutdown starts, unless set.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -439,12 +442,30 @@ impl RunningApp {
         &self.backend
     }
 
-    /// Durable consumer names of the handlers, with the handler names.
-    pub(crate) fn durables(&self) -> Vec<(String, &'static str)> {
-        self.runtimes
-            .iter()
-            .map(|r| (r.durable.clone(), r.descriptor.name))
-            .collect()
+    /// Resolves once this app's handlers have nothing left: no message queued, in flight or
+    /// waiting for a retry. For batch jobs, demos and tests; a service normally runs until a
+    /// signal. In memory (under tokio's paused clock, retry delays pass instantly) it waits
+    /// for the broker to go idle; on NATS it polls this app's consumers until none has a
+    /// message pending or unacknowledged and the streams stopped growing, for at most
+    /// [`SETTLE_LIMIT`] (then it logs a warning and returns).
+    pub async fn settle(&self) {
+        match &self.backend {
+            Backend::Memory(broker) => broker.wait_idle().await,
+            Backend::Nats(js) => {
+                let durables: Vec<String> =
+                    self.runtimes.iter().map(|r| r.durable.clone()).collect();
+                js.settle(&durables, SETTLE_LIMIT).await;
+            }
+        }
+    }
+
+    /// Every dead letter the broker holds (on NATS: the whole dead-letter stream, every
+    /// service's), oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        match &self.backend {
+            Backend::Memory(broker) => Ok(broker.dead_letters()),
+            Backend::Nats(js) => js.dead_letters().await,
+        }
     }
 
     /// Whether the app is connected to its broker (always, in memory).

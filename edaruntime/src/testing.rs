@@ -7,7 +7,6 @@ pub use nats::{nats_server_binary, NatsCluster, NatsServer, TestServerError};
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::app::{AppBuilder, AppShared, Backend, RunningApp};
 use crate::delivery::{DeadLetter, HandlerStats};
@@ -15,7 +14,6 @@ use crate::error::{PublishError, Result};
 use crate::event::{Event, Metadata, RawEvent};
 use crate::handler::{Context, Scope, StateMap};
 use crate::publish::Publisher;
-use crate::transport::jetstream::JetStream;
 use crate::transport::memory::MemoryBroker;
 use crate::App;
 
@@ -44,10 +42,6 @@ use crate::App;
 pub struct TestApp {
     app: RunningApp,
 }
-
-/// How long [`TestApp::settle`] waits on NATS before it gives up (the test's assertions then
-/// say what is missing).
-const NATS_SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
 impl TestApp {
     /// Configures a test app for `service` (every handler of that service, unless narrowed).
@@ -78,10 +72,7 @@ impl TestApp {
     /// instantly; on NATS it polls the consumers of this app until none has a message pending
     /// or unacknowledged and the streams stopped growing (at most two minutes).
     pub async fn settle(&self) {
-        match self.app.backend() {
-            Backend::Memory(broker) => broker.wait_idle().await,
-            Backend::Nats(js) => settle_nats(js, &self.app.durables()).await,
-        }
+        self.app.settle().await;
     }
 
     /// Every published event of type `E` (by name, upcast from older versions), in order.
@@ -105,10 +96,7 @@ impl TestApp {
 
     /// Every dead letter so far.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        match self.app.backend() {
-            Backend::Memory(broker) => Ok(broker.dead_letters()),
-            Backend::Nats(js) => js.dead_letters().await,
-        }
+        self.app.dead_letters().await
     }
 
     /// How many messages handler `name` handled successfully.
@@ -140,33 +128,6 @@ impl TestApp {
     pub async fn shutdown(self) -> Result<()> {
         self.app.shutdown().await
     }
-}
-
-async fn settle_nats(js: &JetStream, durables: &[(String, &'static str)]) {
-    let deadline = tokio::time::Instant::now() + NATS_SETTLE_LIMIT;
-    let mut quiet_polls = 0;
-    let mut last_seen = None;
-    while tokio::time::Instant::now() < deadline {
-        let sequences = js.last_sequences().await.ok();
-        let mut busy = sequences.is_none();
-        for (durable, _) in durables {
-            match js.pending(durable).await {
-                Ok((pending, ack_pending)) => busy |= pending > 0 || ack_pending > 0,
-                Err(_) => busy = true,
-            }
-        }
-        if !busy && sequences == last_seen {
-            quiet_polls += 1;
-            if quiet_polls >= 2 {
-                return;
-            }
-        } else {
-            quiet_polls = 0;
-        }
-        last_seen = sequences;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tracing::warn!("the app did not settle within {NATS_SETTLE_LIMIT:?}");
 }
 
 impl fmt::Debug for TestApp {

@@ -504,6 +504,35 @@ impl JetStream {
         Ok((last[0], last[1]))
     }
 
+    /// Polls `durables` until none has a message pending or unacknowledged and the streams
+    /// stopped growing (two quiet polls in a row), for at most `limit`.
+    pub(crate) async fn settle(&self, durables: &[String], limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut quiet_polls = 0;
+        let mut last_seen = None;
+        while tokio::time::Instant::now() < deadline {
+            let sequences = self.last_sequences().await.ok();
+            let mut busy = sequences.is_none();
+            for durable in durables {
+                match self.pending(durable).await {
+                    Ok((pending, ack_pending)) => busy |= pending > 0 || ack_pending > 0,
+                    Err(_) => busy = true,
+                }
+            }
+            if !busy && sequences == last_seen {
+                quiet_polls += 1;
+                if quiet_polls >= 2 {
+                    return;
+                }
+            } else {
+                quiet_polls = 0;
+            }
+            last_seen = sequences;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!(?limit, "the consumers did not settle in time");
+    }
+
     /// Every message of `stream` on `filter`, oldest first, read through a short-lived
     /// ephemeral consumer (for inspection and tests).
     async fn read_stream(
