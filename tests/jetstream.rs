@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use eda::prelude::*;
-use eda::testing::{NatsServer, TestApp};
+use eda::testing::{NatsCluster, NatsServer, TestApp};
 use eda::{DlqReason, Error, PublishOptions};
 
 #[event("parcel.sent")]
@@ -587,4 +587,65 @@ fn startup_errors_are_errors_of_the_broker_kind() {
         .build()
         .unwrap_err();
     assert!(matches!(error, Error::Startup { .. }), "{error:?}");
+}
+
+/// FAULTS.md #18/#19: on a three-node cluster the streams get three replicas, and a node killed
+/// in the middle of the run (whichever it is: leader, or the one the app is connected to)
+/// loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_node_cluster_a_killed_node_loses_nothing() {
+    const EVENTS: u64 = 600;
+    let mut cluster = NatsCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    let ledger = Arc::new(Ledger::default());
+    let app = TestApp::builder("js-tests")
+        .nats(cluster.url())
+        .configure(|b| b.ack_wait(Duration::from_secs(2)))
+        .shared_state(Arc::clone(&ledger))
+        .handlers(&["count_parcels"])
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("the app starts on the cluster: {e}"));
+    let client = async_nats::connect(cluster.node_url(1).unwrap()).await.unwrap();
+    let js = jetstream::new(client);
+    let config = js
+        .get_stream("EDA_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(config.num_replicas, 3, "R3 on a cluster of three");
+    let publisher = app.publisher();
+    for id in 0..EVENTS {
+        if id == EVENTS / 3 {
+            cluster.stop(0);
+        }
+        loop {
+            let options = PublishOptions::default().id(format!("parcel-{id}"));
+            match publisher.publish_with(&ParcelSent { id }, options).await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    cluster.restart(0).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..600 {
+        if ledger.distinct() as u64 == EVENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.settle().await;
+    assert_eq!(
+        ledger.distinct() as u64,
+        EVENTS,
+        "every acked event handled after a node was killed"
+    );
+    assert_eq!(
+        app.stats("count_parcels").handled,
+        EVENTS,
+        "each recorded once"
+    );
 }

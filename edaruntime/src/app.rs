@@ -186,8 +186,10 @@ impl App {
 
     /// Starts, runs until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn run(self) -> Result<()> {
+        // Listen before starting, so a signal during startup is a graceful stop too.
+        let signal = shutdown_signal()?;
         let running = self.start().await?;
-        wait_for_signal().await?;
+        signal.await;
         tracing::info!(service = %running.service(), "signal received; shutting down");
         running.shutdown().await
     }
@@ -541,18 +543,31 @@ impl Signals {
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
 pub async fn wait_for_signal() -> Result<()> {
+    shutdown_signal()?.await;
+    Ok(())
+}
+
+/// Starts listening for SIGINT and SIGTERM now; the future resolves on the first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result?,
-            _ = term.recv() => {}
-        }
-        Ok(())
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await?;
-        Ok(())
+        Ok(async {
+            // Without a handler to install there is nothing to stop on: wait forever.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
     }
 }

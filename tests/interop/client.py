@@ -1,0 +1,36 @@
+"""A plain NATS client (nats-py) talking to eda: publishes plain JSON, reads what eda stored.
+
+    python client.py <url> publish <subject> <json>   -> prints {"seq": n}
+    python client.py <url> read <stream> <seq>        -> prints subject, headers, payload
+"""
+import asyncio
+import json
+import sys
+
+import nats
+
+
+async def main(url, mode, *args):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    try:
+        if mode == "publish":
+            subject, payload = args
+            ack = await js.publish(subject, payload.encode())
+            print(json.dumps({"seq": ack.seq}))
+        elif mode == "read":
+            stream, seq = args
+            msg = await js.get_msg(stream, int(seq))
+            print(json.dumps({
+                "subject": msg.subject,
+                "headers": dict(msg.headers or {}),
+                "payload": json.loads(msg.data),
+            }))
+        else:
+            raise SystemExit(f"unknown mode {mode!r}")
+    finally:
+        await nc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:]))
