@@ -605,7 +605,9 @@ async fn on_a_three_node_cluster_a_killed_node_loses_nothing() {
         .start()
         .await
         .unwrap_or_else(|e| panic!("the app starts on the cluster: {e}"));
-    let client = async_nats::connect(cluster.node_url(1).unwrap()).await.unwrap();
+    let client = async_nats::connect(cluster.node_url(1).unwrap())
+        .await
+        .unwrap();
     let js = jetstream::new(client);
     let config = js
         .get_stream("EDA_EVENTS")
@@ -648,4 +650,94 @@ async fn on_a_three_node_cluster_a_killed_node_loses_nothing() {
         EVENTS,
         "each recorded once"
     );
+}
+
+#[handler(service = "js-tests", timeout = "30s")]
+async fn takes_its_time(event: ParcelSent, ledger: State<Ledger>) {
+    ledger.calls.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    ledger.count(event.id);
+}
+
+/// FAULTS.md #8: a handler running past the ack wait keeps its message with in-progress
+/// acks; the broker does not hand it to anyone else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_longer_than_the_ack_wait_is_not_redelivered() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = TestApp::builder("js-tests")
+        .nats(server.url())
+        .configure(|b| b.ack_wait(Duration::from_secs(1)))
+        .shared_state(Arc::clone(&ledger))
+        .handlers(&["takes_its_time"])
+        .start()
+        .await
+        .unwrap();
+    app.publish(&ParcelSent { id: 1 }).await.unwrap();
+    app.settle().await;
+    assert_eq!(
+        ledger.calls.load(Ordering::SeqCst),
+        1,
+        "delivered exactly once"
+    );
+    let stats = app.stats("takes_its_time");
+    assert_eq!((stats.handled, stats.duplicates, stats.retried), (1, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_consumer_with_another_filter_is_an_error() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    app(&server, &ledger, &[]).await.shutdown().await.unwrap(); // provisions the stream
+    let js = plain_client(&server).await;
+    let stream = js.get_stream("EDA_EVENTS").await.unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("js-tests__on_parcel".into()),
+            filter_subject: "events.parcel.lost".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let message = startup_error(
+        TestApp::builder("js-tests")
+            .nats(server.url())
+            .shared_state(Arc::clone(&ledger))
+            .handlers(&["on_parcel"])
+            .start()
+            .await,
+    );
+    assert!(
+        message.contains("consumer `js-tests__on_parcel` exists with `filter_subject` `events.parcel.lost`, but handler `on_parcel` subscribes to `events.parcel.sent`"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_the_subject_prefix_are_configurable() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let mut topology = eda::Topology::default();
+    topology.subject_prefix = "staging.events".into();
+    topology.events_stream = "STAGING_EVENTS".into();
+    let app = TestApp::builder("js-tests")
+        .nats(server.url())
+        .configure(|b| b.topology(topology))
+        .shared_state(Arc::clone(&ledger))
+        .handlers(&["on_parcel"])
+        .start()
+        .await
+        .unwrap();
+    app.publish(&ParcelSent { id: 11 }).await.unwrap();
+    app.settle().await;
+    assert_eq!(ledger.distinct(), 1);
+    let js = plain_client(&server).await;
+    let stored = js
+        .get_stream("STAGING_EVENTS")
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(stored.subject.as_str(), "staging.events.parcel.sent");
 }

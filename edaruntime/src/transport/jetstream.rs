@@ -12,7 +12,7 @@ use async_nats::{HeaderMap, ServerAddr};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -652,7 +652,10 @@ impl JetStream {
             loop {
                 let permit = tokio::select! {
                     biased;
-                    () = signals.draining() => break 'connect,
+                    () = signals.draining() => {
+                        release_buffered(&mut messages).await;
+                        break 'connect;
+                    }
                     permit = Arc::clone(&permits).acquire_owned() => match permit {
                         Ok(permit) => permit,
                         Err(_) => break 'connect,
@@ -660,7 +663,10 @@ impl JetStream {
                 };
                 let next = tokio::select! {
                     biased;
-                    () = signals.draining() => break 'connect,
+                    () = signals.draining() => {
+                        release_buffered(&mut messages).await;
+                        break 'connect;
+                    }
                     next = messages.next() => next,
                 };
                 let message = match next {
@@ -751,6 +757,16 @@ impl JetStream {
             lost_acks: Arc::clone(&self.lost_acks),
         };
         Some((delivery, ack))
+    }
+}
+
+/// Hands back what was pulled but not started, so that another instance takes it now rather
+/// than after the ack wait.
+async fn release_buffered(messages: &mut consumer::pull::Stream) {
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+            tracing::debug!(error = %e, "releasing a pulled message failed; it returns after the ack wait");
+        }
     }
 }
 
