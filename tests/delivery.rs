@@ -472,6 +472,40 @@ async fn unknown_newer_versions_are_retried_then_dead_lettered_with_reason_versi
     );
 }
 
+/// Version 2 with no upcast chain: a v1 message cannot become one.
+#[event("refund.issued", version = 2)]
+pub struct RefundIssued {
+    pub id: u64,
+}
+
+#[handler(retries = 3)]
+async fn on_refund(event: RefundIssued, seen: State<Seen>) {
+    seen.record(event.id);
+}
+
+async fn versions_older_than_the_upcast_chain_dead_letter_at_once(rig: Rig) {
+    let seen = Arc::new(Seen::default());
+    let app = start(&rig, "too-old", &seen, &["on_refund"]).await;
+    app.publisher()
+        .publish_raw("refund.issued", 1, r#"{"id": 1}"#)
+        .await
+        .unwrap();
+    app.settle().await;
+    let letters = app.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DlqReason::Version);
+    assert_eq!(
+        letters[0].attempts, 1,
+        "no retry can make an old version upcastable"
+    );
+    assert!(
+        letters[0].error.contains("v1 is older"),
+        "{}",
+        letters[0].error
+    );
+    assert!(seen.ids().is_empty());
+}
+
 // ---- idempotency ----------------------------------------------------------------------------
 
 #[handler(idempotent = "redelivered")]
@@ -887,6 +921,7 @@ async fn start_all_replays_what_the_broker_holds_and_start_new_does_not(rig: Rig
 }
 
 on_both_transports!(
+    versions_older_than_the_upcast_chain_dead_letter_at_once,
     every_matching_handler_gets_every_event,
     wildcards_match_tokens_as_nats_does,
     retries_follow_the_backoff_schedule,

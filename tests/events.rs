@@ -94,3 +94,29 @@ fn decoding_reports_versions_it_cannot_read() {
         "payload is not a valid `order.placed` v1: missing field `id` at line 1 column 2"
     );
 }
+
+#[event("order.placed", version = 3)]
+pub struct OrderPlacedV3 {
+    pub id: u64,
+}
+
+#[test]
+fn a_version_older_than_the_upcast_chain_is_reported() {
+    let err = OrderPlacedV3::decode_version(2, b"{\"id\":1}")
+        .err()
+        .expect("v3 has no upcast chain");
+    assert_eq!(
+        err.to_string(),
+        "`order.placed` v2 is older than the oldest version this handler can upcast from (v3)"
+    );
+    assert_eq!(err.reason(), eda::DlqReason::Version);
+}
+
+#[test]
+fn fingerprints_of_real_event_types_are_pinned() {
+    // If this changes, every registered schema in every deployment changes with it (and
+    // services would stop at startup on the registry): treat it as a breaking change.
+    assert_eq!(OrderPlaced::fingerprint(), PINNED_ORDER_PLACED);
+}
+
+const PINNED_ORDER_PLACED: &str = "bf5538724068814db932963f3306d7ae6ee3a909b249a6f59af0ff7ea2d11dca";

@@ -34,6 +34,44 @@ async fn archive(_event: Envelope<InvoiceSent>, _ctx: Context) -> Result<(), Han
     Ok(())
 }
 
+/// A chain: v3 upcasts from v2, v2 from v1.
+#[event("invoice.paid", version = 3, upcast_from = InvoicePaidV2)]
+pub struct InvoicePaid {
+    pub id: u64,
+    pub cents: u64,
+    pub currency: String,
+}
+
+#[event("invoice.paid", version = 2, upcast_from = InvoicePaidV1)]
+pub struct InvoicePaidV2 {
+    pub id: u64,
+    pub cents: u64,
+}
+
+#[event("invoice.paid", version = 1)]
+pub struct InvoicePaidV1 {
+    pub id: u64,
+}
+
+impl From<InvoicePaidV1> for InvoicePaidV2 {
+    fn from(v1: InvoicePaidV1) -> Self {
+        InvoicePaidV2 {
+            id: v1.id,
+            cents: 0,
+        }
+    }
+}
+
+impl From<InvoicePaidV2> for InvoicePaid {
+    fn from(v2: InvoicePaidV2) -> Self {
+        InvoicePaid {
+            id: v2.id,
+            cents: v2.cents,
+            currency: "EUR".into(),
+        }
+    }
+}
+
 #[handler("invoice.*", service = "fine")]
 async fn audit_invoices(_event: RawEvent) {}
 
@@ -103,6 +141,22 @@ fn the_catalog_lists_every_event_and_handler() {
     assert_eq!(event.type_name, "InvoiceSent");
     assert_eq!(event.fingerprint, <InvoiceSent as Event>::fingerprint());
     assert_eq!(event.schema["properties"]["id"]["type"], "integer");
+
+    let chain: Vec<(u32, &str, Option<&str>)> = catalog
+        .events
+        .iter()
+        .filter(|e| e.name == "invoice.paid")
+        .map(|e| (e.version, e.type_name.as_str(), e.upcast_from.as_deref()))
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            (1, "InvoicePaidV1", None),
+            (2, "InvoicePaidV2", Some("InvoicePaidV1")),
+            (3, "InvoicePaid", Some("InvoicePaidV2")),
+        ],
+        "every version is listed, with the type it upcasts from"
+    );
 
     let names: Vec<&str> = catalog.handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["archive", "audit_invoices", "notify", "notify"]);

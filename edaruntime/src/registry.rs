@@ -214,3 +214,50 @@ pub(crate) fn check_plain_name(what: &str, s: &str) -> Result<(), String> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::{HandlerOptions, Invocation, InvokeResult};
+    use futures_util::future::BoxFuture;
+    use std::time::Duration;
+
+    fn never_called(_: Invocation) -> BoxFuture<'static, InvokeResult> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn descriptor(name: &'static str, options: HandlerOptions) -> HandlerDescriptor {
+        HandlerDescriptor {
+            name,
+            subject: "order.placed",
+            service: None,
+            event: None,
+            options,
+            requirements: &[],
+            invoke: never_called,
+            module_path: "tests",
+        }
+    }
+
+    #[test]
+    fn invalid_options_are_each_one_line() {
+        // The macros reject these at compile time; descriptors built by hand are checked again.
+        let mut options = HandlerOptions {
+            concurrency: 0,
+            timeout: Duration::ZERO,
+            ..HandlerOptions::default()
+        };
+        options.backoff.base_delay = Duration::from_secs(60);
+        options.backoff.max_delay = Duration::from_secs(1);
+        assert_eq!(
+            check_options(&descriptor("bad name", options)),
+            [
+                "handler `bad name`: `concurrency` must be at least 1",
+                "handler `bad name`: `timeout` must be longer than zero",
+                "handler `bad name`: `base_delay` is longer than `max_delay`",
+                "invalid handler name `bad name`: it contains ` `; use letters, digits, `_` and `-` only",
+            ]
+        );
+        assert!(check_options(&descriptor("fine", HandlerOptions::default())).is_empty());
+    }
+}
