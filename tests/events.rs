@@ -119,4 +119,5 @@ fn fingerprints_of_real_event_types_are_pinned() {
     assert_eq!(OrderPlaced::fingerprint(), PINNED_ORDER_PLACED);
 }
 
-const PINNED_ORDER_PLACED: &str = "bf5538724068814db932963f3306d7ae6ee3a909b249a6f59af0ff7ea2d11dca";
+const PINNED_ORDER_PLACED: &str =
+    "bf5538724068814db932963f3306d7ae6ee3a909b249a6f59af0ff7ea2d11dca";

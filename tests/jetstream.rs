@@ -319,6 +319,34 @@ async fn wrong_credentials_are_a_clear_error() {
     ok.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_sent_and_a_wrong_one_is_a_clear_error() {
+    let server =
+        NatsServer::start_with_args(&["--auth", "s3cret-token"]).unwrap_or_else(|e| panic!("{e}"));
+    let message = startup_error(
+        within_a_minute(
+            "connecting with a wrong token",
+            App::builder("js-tests")
+                .nats(server.url())
+                .nats_token("wrong")
+                .without_env()
+                .handlers(&[])
+                .start(),
+        )
+        .await,
+    );
+    assert!(message.contains("rejected the credentials"), "{message}");
+    let ok = App::builder("js-tests")
+        .nats(server.url())
+        .nats_token("s3cret-token")
+        .without_env()
+        .handlers(&[])
+        .start()
+        .await
+        .expect("the right token works");
+    ok.shutdown().await.unwrap();
+}
+
 #[test]
 fn bad_urls_and_a_tls_url_without_a_ca_are_startup_errors() {
     let message = startup_error(
@@ -436,8 +464,10 @@ async fn a_schema_registered_with_another_fingerprint_stops_startup() {
 async fn provisioning_twice_and_from_many_instances_at_once_is_safe() {
     let server = server();
     let ledger = Arc::new(Ledger::default());
-    let starts = (0..4).map(|_| app(&server, &ledger, &["on_parcel"]));
-    let apps = futures_join_all(starts).await;
+    // Four instances start at the same moment: each finds or creates the same streams,
+    // buckets and consumer.
+    let apps =
+        futures_util::future::join_all((0..4).map(|_| app(&server, &ledger, &["on_parcel"]))).await;
     apps[0].publish(&ParcelSent { id: 9 }).await.unwrap();
     apps[0].settle().await;
     assert_eq!(ledger.distinct(), 1);
@@ -446,17 +476,6 @@ async fn provisioning_twice_and_from_many_instances_at_once_is_safe() {
         1,
         "four instances share one durable consumer"
     );
-}
-
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let handles: Vec<_> = futures.collect();
-    let mut out = Vec::new();
-    for f in handles {
-        out.push(f.await);
-    }
-    out
 }
 
 // ---- faults ---------------------------------------------------------------------------------
@@ -574,6 +593,41 @@ async fn a_publish_while_the_broker_is_down_fails_instead_of_pretending() {
     }
     assert!(stored, "publishing works again after the broker came back");
     assert!(app.app().is_connected());
+}
+
+/// FAULTS.md #22: a consumer deleted behind the app's back is recreated from the code's
+/// configuration, and consumption goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_out_of_band_is_recreated() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = app(&server, &ledger, &["on_parcel"]).await;
+    app.publish(&ParcelSent { id: 1 }).await.unwrap();
+    app.settle().await;
+    let js = plain_client(&server).await;
+    let stream = js.get_stream("EDA_EVENTS").await.unwrap();
+    stream.delete_consumer("js-tests__on_parcel").await.unwrap();
+    let mut recreated = false;
+    for _ in 0..200 {
+        if stream.consumer_info("js-tests__on_parcel").await.is_ok() {
+            recreated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recreated, "the app recreated its consumer");
+    app.publish(&ParcelSent { id: 2 }).await.unwrap();
+    for _ in 0..200 {
+        if ledger.distinct() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ledger.distinct(),
+        2,
+        "events after the deletion are handled"
+    );
 }
 
 #[test]
