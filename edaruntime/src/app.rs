@@ -1,17 +1,20 @@
 //! The application: builder, startup validation, lifecycle and graceful shutdown.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{self, NatsAuth, NatsSettings, ProcessEnv, Topology};
+use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology};
 use crate::delivery::{Counters, DeadLetter, HandlerRuntime, HandlerStats};
 use crate::error::{Error, Result};
 use crate::handler::{HandlerDescriptor, Scope, State, StateMap};
 use crate::idempotency::IdempotencyStore;
+use crate::observe::{self, HandlerMetrics, Readiness};
 use crate::publish::Publisher;
 use crate::registry::{self, Catalog};
 use crate::transport::jetstream::JetStream;
@@ -91,6 +94,7 @@ pub struct App {
     handlers: Vec<&'static HandlerDescriptor>,
     transport: TransportChoice,
     shutdown_timeout: Duration,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl App {
@@ -105,6 +109,7 @@ impl App {
             states: StateMap::default(),
             only: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            metrics_addr: None,
         }
     }
 
@@ -131,6 +136,17 @@ impl App {
         let signals = Signals { rx: signals_rx };
         let mut tasks = JoinSet::new();
         let mut runtimes = Vec::new();
+        // The recorder goes in before any handle is created, or the handles record nowhere.
+        let listener = match self.metrics_addr {
+            Some(addr) => {
+                let prometheus = observe::prometheus();
+                let listener = observe::bind(addr)
+                    .await
+                    .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+                Some((listener, prometheus))
+            }
+            None => None,
+        };
         let (backend, transport, store): (Backend, Arc<dyn Transport>, Arc<dyn IdempotencyStore>) =
             match &self.transport {
                 TransportChoice::Memory(broker) => (
@@ -173,6 +189,19 @@ impl App {
             }
             runtimes.push(runtime);
         }
+        let mut background = Vec::new();
+        let mut metrics_addr = None;
+        if let Some((listener, prometheus)) = listener {
+            metrics_addr = listener.local_addr().ok();
+            let probe = readiness_probe(&backend, &runtimes);
+            background
+                .push(tokio::spawn(observe::serve(listener, prometheus, probe)).abort_handle());
+            tracing::info!(addr = ?metrics_addr, "serving /metrics, /healthz and /readyz");
+        }
+        if let Backend::Nats(js) = &backend {
+            background
+                .push(tokio::spawn(poll_backlog(Arc::clone(js), runtimes.clone())).abort_handle());
+        }
         tracing::info!(service = %self.service, handlers = self.handlers.len(), "started");
         Ok(RunningApp {
             shared,
@@ -181,6 +210,8 @@ impl App {
             phase,
             tasks,
             shutdown_timeout: self.shutdown_timeout,
+            metrics_addr,
+            background,
         })
     }
 
@@ -213,6 +244,12 @@ impl App {
             transport: Arc::clone(&shared.transport),
             store,
             counters: Counters::default(),
+            metrics: HandlerMetrics::new(
+                &Arc::from(service),
+                descriptor.name,
+                descriptor.event.map(|e| e.name),
+            ),
+            bound: AtomicBool::new(false),
         }
     }
 }
@@ -237,6 +274,7 @@ pub struct AppBuilder {
     states: StateMap,
     only: Option<Vec<String>>,
     shutdown_timeout: Duration,
+    metrics_addr: Option<String>,
 }
 
 impl AppBuilder {
@@ -350,6 +388,15 @@ impl AppBuilder {
         self
     }
 
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on `addr`, e.g.
+    /// `"127.0.0.1:9464"`, `":9464"` (every interface) or `"127.0.0.1:0"` (a free port, see
+    /// [`RunningApp::metrics_addr`]). Off unless set here or by `EDA_METRICS_ADDR` (which
+    /// wins).
+    pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_addr = Some(addr.into());
+        self
+    }
+
     /// How long in-flight handlers may finish after shutdown starts (default 30 s); those still
     /// running then are stopped and their messages redelivered.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -376,6 +423,24 @@ impl AppBuilder {
             (self.use_nats.then_some(self.nats), Vec::new(), "NATS URL")
         };
         problems.extend(env_problems);
+        let metrics_addr = match (
+            self.use_env
+                .then(|| ProcessEnv.var("EDA_METRICS_ADDR"))
+                .flatten(),
+            &self.metrics_addr,
+        ) {
+            (Some(value), _) => {
+                parse_metrics_addr(&value).map_err(|why| format!("EDA_METRICS_ADDR={why}"))
+            }
+            (None, Some(value)) => {
+                parse_metrics_addr(value).map_err(|why| format!("metrics address {why}"))
+            }
+            (None, None) => Ok(None),
+        };
+        let metrics_addr = metrics_addr.unwrap_or_else(|problem| {
+            problems.push(problem);
+            None
+        });
         let transport = match nats {
             Some(settings) => {
                 problems.extend(settings.problems(url_source));
@@ -395,6 +460,7 @@ impl AppBuilder {
             handlers,
             transport,
             shutdown_timeout: self.shutdown_timeout,
+            metrics_addr,
         })
     }
 
@@ -418,6 +484,55 @@ impl fmt::Debug for AppBuilder {
     }
 }
 
+/// How often consumer backlogs are read from the broker for the gauges.
+const BACKLOG_POLL: Duration = Duration::from_secs(5);
+
+/// Reads each consumer's pending and unacknowledged counts into the gauges.
+async fn poll_backlog(js: Arc<JetStream>, runtimes: Vec<Arc<HandlerRuntime>>) {
+    let mut ticks = tokio::time::interval(BACKLOG_POLL);
+    loop {
+        ticks.tick().await;
+        for runtime in &runtimes {
+            if let Ok((pending, ack_pending)) = js.pending(&runtime.durable).await {
+                runtime.metrics.consumer_backlog(pending, ack_pending);
+            }
+        }
+    }
+}
+
+/// Ready: connected to the broker and every handler's consumer bound.
+fn readiness_probe(backend: &Backend, runtimes: &[Arc<HandlerRuntime>]) -> observe::ReadinessProbe {
+    let backend = backend.clone();
+    let runtimes = runtimes.to_vec();
+    Arc::new(move || Readiness {
+        connected: match &backend {
+            Backend::Memory(_) => true,
+            Backend::Nats(js) => js.is_connected(),
+        },
+        unbound: runtimes
+            .iter()
+            .filter(|r| !r.bound.load(Ordering::SeqCst))
+            .map(|r| r.durable.clone())
+            .collect(),
+    })
+}
+
+/// `"127.0.0.1:9464"`, `":9464"` (every interface), `"0"`/`"off"`/empty: off.
+fn parse_metrics_addr(value: &str) -> std::result::Result<Option<SocketAddr>, String> {
+    let value = value.trim();
+    if value.is_empty() || value == "off" {
+        return Ok(None);
+    }
+    let full = if value.starts_with(':') {
+        format!("0.0.0.0{value}")
+    } else {
+        value.to_owned()
+    };
+    full.parse::<SocketAddr>().map(Some).map_err(|_| {
+        format!("`{value}`: expected host:port such as 127.0.0.1:9464, :9464, or 127.0.0.1:0 for a free port")
+    })
+}
+
 /// A started app: publish with it, read its counters, shut it down.
 pub struct RunningApp {
     shared: Arc<AppShared>,
@@ -426,6 +541,9 @@ pub struct RunningApp {
     phase: watch::Sender<Phase>,
     tasks: JoinSet<()>,
     shutdown_timeout: Duration,
+    metrics_addr: Option<SocketAddr>,
+    /// The HTTP listener and the consumer-backlog poller, stopped at shutdown.
+    background: Vec<tokio::task::AbortHandle>,
 }
 
 impl RunningApp {
@@ -442,6 +560,12 @@ impl RunningApp {
     /// The broker this app is bound to.
     pub(crate) fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are (with the port
+    /// actually bound when `:0` was asked for).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Resolves once this app's handlers have nothing left: no message queued, in flight or
@@ -490,6 +614,9 @@ impl RunningApp {
     /// the rest (their messages are redelivered) and returns.
     pub async fn shutdown(mut self) -> Result<()> {
         self.phase.send_replace(Phase::Draining);
+        for task in &self.background {
+            task.abort();
+        }
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
             while self.tasks.join_next().await.is_some() {}
         })

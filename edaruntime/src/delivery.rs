@@ -18,7 +18,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use crate::handler::{
     Idempotency, Invocation, Scope,
 };
 use crate::idempotency::{IdempotencyStore, Recorded};
+use crate::observe::{self, HandlerMetrics};
 use crate::transport::{Acknowledge, Transport};
 
 /// Why a message was dead-lettered (the `Eda-Dlq-Reason` header).
@@ -277,6 +278,9 @@ pub(crate) struct HandlerRuntime {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) store: Arc<dyn IdempotencyStore>,
     pub(crate) counters: Counters,
+    pub(crate) metrics: HandlerMetrics,
+    /// Whether the transport has this handler's consumer bound (for `/readyz`).
+    pub(crate) bound: AtomicBool,
 }
 
 impl fmt::Debug for HandlerRuntime {
@@ -315,6 +319,7 @@ impl HandlerRuntime {
             handler = self.descriptor.name,
             attempt = delivery.raw.attempt(),
             correlation_id = %metadata.correlation_id,
+            trace_id = metadata.traceparent.as_deref().and_then(observe::trace::trace_id),
         );
         self.deliver_inner(delivery, ack, permit)
             .instrument(span)
@@ -329,19 +334,23 @@ impl HandlerRuntime {
     ) {
         let raw = delivery.raw.clone();
         let attempt = raw.attempt();
+        let event = raw.metadata().name.as_str();
         let decision = self.process(delivery, permit).await;
         match decision {
             Decision::Ack => {
                 self.counters.handled.fetch_add(1, Ordering::Relaxed);
+                self.metrics.handled(event, observe::Outcome::Success);
                 ack.ack().await;
             }
             Decision::Duplicate => {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.metrics.handled(event, observe::Outcome::Duplicate);
                 ack.ack().await;
             }
             Decision::Retry { delay, error } => {
                 tracing::warn!(error = %error, delay = ?delay, "handler failed; will retry");
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                self.metrics.handled(event, observe::Outcome::Retry);
                 ack.nak(delay).await;
             }
             Decision::DeadLetter { reason, error } => {
@@ -359,6 +368,8 @@ impl HandlerRuntime {
                     Ok(()) => {
                         tracing::error!(reason = %reason, error = %error, "dead-lettered");
                         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.handled(event, observe::Outcome::DeadLetter);
+                        self.metrics.dead_lettered(reason);
                         ack.term().await;
                     }
                     Err(dlq_error) => {
@@ -366,6 +377,7 @@ impl HandlerRuntime {
                         tracing::error!(reason = %reason, error = %error, dlq_error = %dlq_error, delay = ?delay,
                             "cannot store the dead letter; will redeliver");
                         self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.handled(event, observe::Outcome::Retry);
                         ack.nak(delay).await;
                     }
                 }
@@ -434,6 +446,7 @@ impl HandlerRuntime {
             raw.attempt(),
             Arc::clone(&self.scope),
         );
+        let _running = self.metrics.attempt(raw.metadata().time);
         let invocation = Invocation { raw, context };
         let attempt = AssertUnwindSafe((self.descriptor.invoke)(invocation)).catch_unwind();
         match tokio::time::timeout(timeout, attempt).await {

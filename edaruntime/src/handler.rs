@@ -377,9 +377,12 @@ impl Context {
     /// Publishes `event` with this event's correlation id and this event as its cause; returns
     /// the new event's id once the broker stored it.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String, PublishError> {
-        let options = PublishOptions::default()
+        let mut options = PublishOptions::default()
             .correlation_id(self.metadata.correlation_id.clone())
             .causation_id(self.metadata.id.clone());
+        if let Some(traceparent) = &self.metadata.traceparent {
+            options = options.traceparent(traceparent.clone());
+        }
         crate::publish::send(&self.scope.app, event, options).await
     }
 

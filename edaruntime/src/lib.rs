@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod handler;
 pub mod idempotency;
+pub mod observe;
 pub mod publish;
 pub mod registry;
 pub mod testing;

@@ -6,10 +6,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::app::AppShared;
 use crate::error::PublishError;
 use crate::event::{Event, Metadata};
+use crate::observe::{trace, PublishMetrics};
 use crate::transport::Outbound;
 
 /// Overrides for one publish.
@@ -19,6 +22,7 @@ pub struct PublishOptions {
     id: Option<String>,
     correlation_id: Option<String>,
     causation_id: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl PublishOptions {
@@ -38,6 +42,13 @@ impl PublishOptions {
     /// Name the event that caused this one.
     pub fn causation_id(mut self, id: impl Into<String>) -> Self {
         self.causation_id = Some(id.into());
+        self
+    }
+
+    /// Continue the W3C trace of `traceparent` (the event gets a child span id); without
+    /// it, each event published outside a handler starts a new trace.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
         self
     }
 }
@@ -76,15 +87,14 @@ impl Publisher {
         version: u32,
         payload: impl Into<Bytes>,
     ) -> Result<String, PublishError> {
-        let metadata = Metadata::new(name, version, self.app.service());
-        let id = metadata.id.clone();
+        let mut metadata = Metadata::new(name, version, self.app.service());
+        metadata.traceparent = Some(trace::new_traceparent());
         let message = Outbound {
             metadata: Arc::new(metadata),
             payload: payload.into(),
             explicit_id: false,
         };
-        self.app.transport().publish(message).await?;
-        Ok(id)
+        store(&self.app, message).await
     }
 
     /// Publishes many events with their broker confirmations in flight together (pipelined);
@@ -103,7 +113,14 @@ impl Publisher {
             ids.push(message.metadata.id.clone());
             batch.push(message);
         }
-        self.app.transport().publish_many(batch).await?;
+        let started = Instant::now();
+        let count = batch.len() as u64;
+        self.app
+            .transport()
+            .publish_many(batch)
+            .instrument(tracing::info_span!("eda.publish", event = E::NAME, count))
+            .await?;
+        PublishMetrics::of(E::NAME).stored(count, started.elapsed());
         Ok(ids)
     }
 }
@@ -122,8 +139,17 @@ pub(crate) async fn send<E: Event>(
     options: PublishOptions,
 ) -> Result<String, PublishError> {
     let message = outbound(event, options, app.service())?;
+    store(app, message).await
+}
+
+/// Hands one message to the transport, traced and counted; returns its id once stored.
+async fn store(app: &AppShared, message: Outbound) -> Result<String, PublishError> {
     let id = message.metadata.id.clone();
-    app.transport().publish(message).await?;
+    let name = message.metadata.name.clone();
+    let span = tracing::info_span!("eda.publish", event = %name, id = %id);
+    let started = Instant::now();
+    app.transport().publish(message).instrument(span).await?;
+    PublishMetrics::of(&name).stored(1, started.elapsed());
     Ok(id)
 }
 
@@ -144,6 +170,7 @@ pub(crate) fn outbound<E: Event>(
         metadata.correlation_id = correlation;
     }
     metadata.causation_id = options.causation_id;
+    metadata.traceparent = Some(trace::child_of(options.traceparent.as_deref()));
     metadata.schema = Some(cached_fingerprint::<E>());
     Ok(Outbound {
         metadata: Arc::new(metadata),

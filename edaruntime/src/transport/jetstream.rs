@@ -25,6 +25,7 @@ use crate::error::{Error, PublishError};
 use crate::event::RawEvent;
 use crate::handler::{HandlerDescriptor, Start};
 use crate::idempotency::{IdempotencyStore, Recorded, StoreError};
+use crate::observe;
 use crate::registry;
 use crate::wire;
 
@@ -77,16 +78,23 @@ impl JetStream {
             .event_callback({
                 let connected = Arc::clone(&connected);
                 let reconnects = Arc::clone(&reconnects);
+                // Set while the connection is lost: the next `Connected` is a reconnect.
+                let lost = Arc::new(AtomicBool::new(false));
                 move |event| {
                     match event {
                         async_nats::Event::Connected => {
-                            if !connected.swap(true, Ordering::SeqCst) {
+                            connected.store(true, Ordering::SeqCst);
+                            if lost.swap(false, Ordering::SeqCst) {
                                 reconnects.fetch_add(1, Ordering::Relaxed);
+                                observe::broker_reconnected();
                             }
+                            observe::broker_connected(true);
                             tracing::info!("connected to NATS");
                         }
                         async_nats::Event::Disconnected => {
                             connected.store(false, Ordering::SeqCst);
+                            lost.store(true, Ordering::SeqCst);
+                            observe::broker_connected(false);
                             tracing::warn!("disconnected from NATS; reconnecting");
                         }
                         other => tracing::debug!(event = %other, "NATS event"),
@@ -128,6 +136,7 @@ impl JetStream {
             Ok(Ok(client)) => client,
         };
         connected.store(true, Ordering::SeqCst);
+        observe::broker_connected(true);
         let info = client.server_info();
         if !info.jetstream {
             return Err(broker_error(format!(
@@ -640,8 +649,12 @@ impl JetStream {
                     .messages() => opened,
             };
             let mut messages = match opened {
-                Ok(messages) => messages,
+                Ok(messages) => {
+                    runtime.bound.store(true, Ordering::SeqCst);
+                    messages
+                }
                 Err(e) => {
+                    runtime.bound.store(false, Ordering::SeqCst);
                     tracing::warn!(consumer = %runtime.durable, error = %e, "cannot pull messages; retrying");
                     tokio::select! {
                         () = signals.draining() => break 'connect,
@@ -679,6 +692,7 @@ impl JetStream {
                                 continue;
                             }
                             Kind::ConsumerDeleted => {
+                                runtime.bound.store(false, Ordering::SeqCst);
                                 tracing::error!(consumer = %runtime.durable, "the consumer was deleted; recreating it");
                                 if let Err(e) =
                                     self.consumer(&runtime.durable, runtime.descriptor).await

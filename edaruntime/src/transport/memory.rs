@@ -176,6 +176,7 @@ impl MemoryBroker {
         let concurrency = runtime.descriptor.options.concurrency.max(1) as usize;
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut tasks = JoinSet::new();
+        runtime.bound.store(true, Ordering::SeqCst);
         loop {
             let permit = tokio::select! {
                 biased;

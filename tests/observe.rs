@@ -1,0 +1,527 @@
+//! Observability through the public API (DESIGN.md §6): the exact `/metrics` values after a
+//! scripted run, `/readyz` following the broker, the exposition checked by a real `promtool`
+//! and scraped by a real `prometheus`, and the trace id carried from handler to handler.
+//! The Prometheus recorder is process-wide, so every app here has a service name of its own
+//! and the assertions select series by it.
+#![allow(missing_docs, missing_debug_implementations)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eda::prelude::*;
+use eda::testing::{NatsServer, TestApp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[event("obs.tick")]
+pub struct ObsTick {
+    pub n: u64,
+}
+
+#[event("obs.flaky")]
+pub struct ObsFlaky {
+    pub n: u64,
+}
+
+#[event("obs.poison")]
+pub struct ObsPoison {
+    pub n: u64,
+}
+
+#[derive(Default)]
+pub struct Calls(AtomicU32);
+
+#[handler]
+async fn obs_ok(_event: ObsTick) {}
+
+#[handler(retries = 2, base_delay = "10ms", jitter = false)]
+async fn obs_flaky(_event: ObsFlaky, calls: State<Calls>) -> Result<(), HandlerError> {
+    if calls.0.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err(HandlerError::retry("warming up"));
+    }
+    Ok(())
+}
+
+#[handler]
+async fn obs_poison(_event: ObsPoison) -> Result<(), HandlerError> {
+    Err(HandlerError::permanent("never"))
+}
+
+/// `GET path` over a plain TCP connection: (status code, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the metrics listener accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The samples of the exposition: (name, labels) -> value.
+fn samples(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        out.insert((name.to_owned(), labels), value.parse().unwrap_or(f64::NAN));
+    }
+    out
+}
+
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    samples(text).get(&(name.to_owned(), wanted)).copied()
+}
+
+async fn scripted_run(service: &str) -> TestApp {
+    let app = TestApp::builder(service)
+        .state(Calls::default())
+        .handlers(&["obs_ok", "obs_flaky", "obs_poison"])
+        .configure(|b| b.metrics_addr("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    app.publish(&ObsTick { n: 1 }).await.unwrap();
+    app.publish(&ObsTick { n: 2 }).await.unwrap();
+    app.settle().await;
+    app.lose_next_acks(1); // handled and recorded, then redelivered: a duplicate
+    app.publish(&ObsTick { n: 3 }).await.unwrap();
+    app.publish(&ObsFlaky { n: 1 }).await.unwrap();
+    app.publish(&ObsPoison { n: 1 }).await.unwrap();
+    app.settle().await;
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_exact_counts_after_a_scripted_run() {
+    let app = scripted_run("obs-script").await;
+    let addr = app.app().metrics_addr().expect("metrics are served");
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let handled = |handler: &str, event: &str, outcome: &str| {
+        value(
+            &text,
+            "eda_events_handled_total",
+            &[
+                ("service", "obs-script"),
+                ("handler", handler),
+                ("event", event),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(
+        handled("obs_ok", "obs.tick", "success"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(handled("obs_ok", "obs.tick", "duplicate"), Some(1.0));
+    assert_eq!(
+        handled("obs_ok", "obs.tick", "retry"),
+        Some(0.0),
+        "registered up front at 0"
+    );
+    assert_eq!(handled("obs_flaky", "obs.flaky", "retry"), Some(1.0));
+    assert_eq!(handled("obs_flaky", "obs.flaky", "success"), Some(1.0));
+    assert_eq!(
+        handled("obs_poison", "obs.poison", "dead_letter"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "eda_dead_letters_total",
+            &[
+                ("service", "obs-script"),
+                ("handler", "obs_poison"),
+                ("reason", "permanent")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        value(
+            &text,
+            "eda_events_published_total",
+            &[("event", "obs.poison")]
+        ) >= Some(1.0)
+    );
+    let runs = value(
+        &text,
+        "eda_handler_duration_seconds_count",
+        &[("service", "obs-script"), ("handler", "obs_flaky")],
+    );
+    assert_eq!(runs, Some(2.0), "two attempts of obs_flaky were timed");
+    assert!(
+        value(
+            &text,
+            "eda_handler_duration_seconds_bucket",
+            &[
+                ("service", "obs-script"),
+                ("handler", "obs_flaky"),
+                ("le", "0.0001")
+            ]
+        )
+        .is_some(),
+        "handler durations start at 100 µs"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "eda_event_lag_seconds_count",
+            &[("service", "obs-script"), ("handler", "obs_ok")]
+        ),
+        Some(3.0),
+        "lag recorded at each handler start (the duplicate redelivery never started it)"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "eda_handlers_in_flight",
+            &[("service", "obs-script"), ("handler", "obs_ok")]
+        ),
+        Some(0.0)
+    );
+    // Label values stay bounded: no event ids or error texts anywhere.
+    assert!(
+        !text.contains("warming up") && !text.contains("never\""),
+        "no error texts in labels"
+    );
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_broker_connection() {
+    let mut server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::builder("obs-ready")
+        .nats(server.url())
+        .handlers(&["obs_ok"])
+        .configure(|b| b.metrics_addr("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    let addr = app.app().metrics_addr().unwrap();
+    let until = |want: u16| async move {
+        for _ in 0..300 {
+            let (status, body) = get(addr, "/readyz").await;
+            if status == want {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("/readyz never answered {want}");
+    };
+    until(200).await;
+    server.stop();
+    let body = until(503).await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["ready"], false);
+    assert_eq!(
+        body["broker_connected"], false,
+        "the body says what is not ready: {body}"
+    );
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(value(&text, "eda_broker_connected", &[]), Some(0.0));
+    server.restart().unwrap_or_else(|e| panic!("{e}"));
+    until(200).await;
+    let (_, text) = get(addr, "/metrics").await;
+    assert_eq!(value(&text, "eda_broker_connected", &[]), Some(1.0));
+    assert!(
+        value(&text, "eda_broker_reconnects_total", &[]) >= Some(1.0),
+        "{text}"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_bad_metrics_address_is_a_startup_error() {
+    let error = App::builder("obs-bad")
+        .handlers(&[])
+        .metrics_addr("localhost")
+        .without_env()
+        .build()
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("metrics address `localhost`: expected host:port such as 127.0.0.1:9464"),
+        "{error}"
+    );
+}
+
+// ---- real Prometheus tools ------------------------------------------------------------------
+
+fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not installed: run scripts/test (it installs Debian's `prometheus` package, which has `{name}`) or `apt-get install prometheus`")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_exposition() {
+    let app = scripted_run("obs-promtool").await;
+    let (_, text) = get(app.app().metrics_addr().unwrap(), "/metrics").await;
+    let mut check = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = check.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    app.shutdown().await.unwrap();
+}
+
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_prometheus(target: SocketAddr) -> Prometheus {
+    let dir = std::env::temp_dir().join(format!(
+        "eda-prometheus-{}-{}",
+        std::process::id(),
+        target.port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: eda\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(tool("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Prometheus { child, dir, addr }
+}
+
+async fn query(prometheus: &Prometheus, promql: &str) -> Option<serde_json::Value> {
+    let addr: SocketAddr = prometheus.addr.parse().unwrap();
+    let encoded: String = promql
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "GET /api/v1/query?query={encoded} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    // Chunked or not, the JSON object is the part between the outer braces.
+    let json = &body[body.find('{')?..=body.rfind('}')?];
+    serde_json::from_str(json).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_app() {
+    let app = scripted_run("obs-scraped").await;
+    let prometheus = start_prometheus(app.app().metrics_addr().unwrap());
+    let promql =
+        r#"eda_events_handled_total{service="obs-scraped",handler="obs_ok",outcome="success"}"#;
+    let mut seen = None;
+    for _ in 0..600 {
+        if let Some(answer) = query(&prometheus, promql).await {
+            if let Some(sample) = answer["data"]["result"].as_array().and_then(|r| r.first()) {
+                seen = sample["value"][1].as_str().map(str::to_owned);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("3"),
+        "Prometheus scraped the app and holds its counter"
+    );
+    let up = query(&prometheus, "up").await.expect("prometheus answers");
+    assert_eq!(
+        up["data"]["result"][0]["value"][1], "1",
+        "the target is up: {up}"
+    );
+    app.shutdown().await.unwrap();
+}
+
+// ---- trace propagation ----------------------------------------------------------------------
+
+#[event("obs.first")]
+pub struct ObsFirst {
+    pub n: u64,
+}
+
+#[event("obs.second")]
+pub struct ObsSecond {
+    pub n: u64,
+}
+
+#[handler]
+async fn obs_forward(event: ObsFirst, ctx: Context) -> Result<(), HandlerError> {
+    ctx.publish(&ObsSecond { n: event.n }).await?;
+    Ok(())
+}
+
+#[handler]
+async fn obs_receive(_event: ObsSecond) {}
+
+/// Records the `trace_id` and `handler` fields of every `eda.handle` span.
+#[derive(Default, Clone)]
+struct SpanLog(Arc<Mutex<Vec<(String, String)>>>);
+
+struct Fields(Option<String>, Option<String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "trace_id" => self.0 = Some(value.to_owned()),
+            "handler" => self.1 = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, format!("{value:?}").trim_matches('"'));
+    }
+}
+
+impl tracing::Subscriber for SpanLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        if span.metadata().name() == "eda.handle" {
+            let mut fields = Fields(None, None);
+            span.record(&mut fields);
+            if let (Some(trace), Some(handler)) = (fields.0, fields.1) {
+                self.0.lock().unwrap().push((handler, trace));
+            }
+        }
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_handler_that_publishes_carries_the_trace_to_the_next_handler() {
+    let log = SpanLog::default();
+    let _guard = tracing::subscriber::set_default(log.clone());
+    let app = TestApp::builder("obs-trace")
+        .handlers(&["obs_forward", "obs_receive"])
+        .start()
+        .await
+        .unwrap();
+    app.publish(&ObsFirst { n: 1 }).await.unwrap();
+    app.settle().await;
+    let spans = log.0.lock().unwrap().clone();
+    let trace_of = |handler: &str| {
+        spans
+            .iter()
+            .find(|(h, _)| h == handler)
+            .map(|(_, t)| t.clone())
+    };
+    let first = trace_of("obs_forward").expect("a span for the first handler");
+    assert_eq!(first.len(), 32, "a W3C trace id: {first}");
+    assert_eq!(
+        trace_of("obs_receive"),
+        Some(first),
+        "one trace across both handlers: {spans:?}"
+    );
+    let published = app.published_raw().await.unwrap();
+    let headers: Vec<&str> = published
+        .iter()
+        .filter_map(|m| m.metadata().traceparent.as_deref())
+        .collect();
+    assert_eq!(headers.len(), 2);
+    assert_ne!(
+        headers[0], headers[1],
+        "each event has a span id of its own"
+    );
+}
