@@ -42,6 +42,7 @@ impl From<UserCreatedV1> for UserCreated {
 #[event]
 pub struct PaymentRequested {
     pub bill_id: u64,
+    pub user_id: u64,
     pub amount_cents: u64,
 }
 
@@ -136,6 +137,7 @@ async fn main() -> eda::Result<()> {
         publisher
             .publish(&PaymentRequested {
                 bill_id: 10,
+                user_id: 1,
                 amount_cents: 4200,
             })
             .await?,
@@ -144,6 +146,7 @@ async fn main() -> eda::Result<()> {
         publisher
             .publish(&PaymentRequested {
                 bill_id: 11,
+                user_id: 2,
                 amount_cents: 0,
             })
             .await?,
