@@ -43,7 +43,7 @@ impl std::error::Error for ChargeError {}
 impl Provider {
     fn charge(&self, amount_cents: u64) -> Result<(), ChargeError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.fail_every > 0 && call % self.fail_every == 0 {
+        if self.fail_every > 0 && call.is_multiple_of(self.fail_every) {
             return Err(ChargeError::Unavailable);
         }
         if amount_cents == 0 {

@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while Instant::now() < deadline {
         user += 1;
         let email = format!("user{user}@example.com");
-        if user % 5 == 0 {
+        if user.is_multiple_of(5) {
             publisher
                 .publish(&UserCreatedV1 { id: user, email })
                 .await?;
