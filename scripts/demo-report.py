@@ -74,6 +74,7 @@ def main():
     parser.add_argument("--prometheus", required=True)
     parser.add_argument("--orders", required=True, help="the JSON line shop_orders printed")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--streams", help="the JSON demo-streams.py printed (subjects per stream)")
     args = parser.parse_args()
     with open(args.orders) as f:
         orders = json.loads(f.read().strip().splitlines()[-1])
@@ -134,6 +135,18 @@ def main():
         problems.append(f"v1 users upgraded: {upgraded:.0f}, expected {orders['user.created.v1']}")
     if len(up) != 3 or any(s["value"][1] != "1" for s in up):
         problems.append(f"Prometheus does not scrape all three services: {up}")
+    if args.streams:
+        with open(args.streams) as f:
+            streams = json.load(f)
+        for event, want in seen.items():
+            stored = streams["EDA_EVENTS"].get(f"events.{event}", 0)
+            if stored != want:
+                problems.append(f"the event stream holds {stored} `{event}`, expected {want}")
+        letters = streams["EDA_DLQ"].get("dlq.billing.charge", 0)
+        if letters != declined:
+            problems.append(f"the dead-letter stream holds {letters} on dlq.billing.charge, expected {declined}")
+    else:
+        problems.append("no stream counts to check (--streams)")
     if declined == 0 or orders["user.created.v1"] == 0:
         problems.append(f"the run was too short to exercise dead letters and upcasting: {orders}")
     if problems:
