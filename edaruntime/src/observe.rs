@@ -565,12 +565,19 @@ pub mod trace {
     }
 
     fn random_hex(bytes: usize) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(bytes * 2);
-        while out.len() < bytes * 2 {
-            let word = (random_unit() * (1u64 << 53) as f64) as u64 | 1;
-            out.push_str(&format!("{:012x}", word & 0xffff_ffff_ffff));
+        let (mut bits, mut nibbles) = (0u64, 0);
+        for _ in 0..bytes * 2 {
+            if nibbles == 0 {
+                // 52 random bits from the 53 of a unit draw: 13 hex digits.
+                bits = (random_unit() * (1u64 << 52) as f64) as u64;
+                nibbles = 13;
+            }
+            out.push(char::from(HEX[(bits & 0xf) as usize]));
+            bits >>= 4;
+            nibbles -= 1;
         }
-        out.truncate(bytes * 2);
         out
     }
 

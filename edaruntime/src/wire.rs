@@ -42,24 +42,31 @@ use crate::event::{DecodeError, Metadata};
 
 /// The header pairs of an event's metadata (DESIGN.md §4).
 pub(crate) fn encode(metadata: &Metadata) -> Vec<(&'static str, String)> {
-    let mut headers = vec![
-        (MSG_ID, metadata.id.clone()),
-        (EVENT, metadata.name.clone()),
-        (VERSION, metadata.version.to_string()),
-        (TIME, metadata.time_rfc3339()),
-        (SOURCE, metadata.source.clone()),
-        (CORRELATION_ID, metadata.correlation_id.clone()),
-    ];
+    let mut headers = Vec::with_capacity(9);
+    encode_into(metadata, |name, value| {
+        headers.push((name, value.to_owned()))
+    });
+    headers
+}
+
+/// Hands each header of an event's metadata to `put`, without collecting them first (the
+/// publish hot path writes them straight into the client's header map).
+pub(crate) fn encode_into(metadata: &Metadata, mut put: impl FnMut(&'static str, &str)) {
+    put(MSG_ID, &metadata.id);
+    put(EVENT, &metadata.name);
+    put(VERSION, &metadata.version.to_string());
+    put(TIME, &metadata.time_rfc3339());
+    put(SOURCE, &metadata.source);
+    put(CORRELATION_ID, &metadata.correlation_id);
     if let Some(causation) = &metadata.causation_id {
-        headers.push((CAUSATION_ID, causation.clone()));
+        put(CAUSATION_ID, causation);
     }
     if let Some(schema) = &metadata.schema {
-        headers.push((SCHEMA, schema.clone()));
+        put(SCHEMA, schema);
     }
     if let Some(traceparent) = &metadata.traceparent {
-        headers.push((TRACEPARENT, traceparent.clone()));
+        put(TRACEPARENT, traceparent);
     }
-    headers
 }
 
 /// Metadata of a received message. Messages from plain clients (no eda headers) take their

@@ -852,6 +852,12 @@ impl fmt::Debug for JetStreamTransport {
     }
 }
 
+fn event_headers(metadata: &crate::event::Metadata) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    wire::encode_into(metadata, |name, value| headers.insert(name, value));
+    headers
+}
+
 fn header_map(pairs: Vec<(&'static str, String)>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in pairs {
@@ -889,7 +895,7 @@ impl Transport for JetStreamTransport {
     fn publish(&self, message: Outbound) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
             let subject = self.subject(&message);
-            let headers = header_map(wire::encode(&message.metadata));
+            let headers = event_headers(&message.metadata);
             let ack = self.send(subject, headers, message.payload).await?;
             ack.await.map_err(|e| publish_error(&e))?;
             Ok(())
@@ -908,7 +914,7 @@ impl Transport for JetStreamTransport {
                     }
                 }
                 let subject = self.subject(&message);
-                let headers = header_map(wire::encode(&message.metadata));
+                let headers = event_headers(&message.metadata);
                 let ack = self.send(subject, headers, message.payload).await?;
                 pending.push(std::future::IntoFuture::into_future(ack));
             }
