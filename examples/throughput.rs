@@ -35,7 +35,13 @@ fn rate(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
-async fn raw_publish(url: &str, count: u64) -> Result<Duration, async_nats::Error> {
+/// Raw pipelined publishing; with `eda_headers`, every message also carries headers the size
+/// of eda's (which tells the cost of the wire format apart from the cost of the framework).
+async fn raw_publish(
+    url: &str,
+    count: u64,
+    eda_headers: bool,
+) -> Result<Duration, async_nats::Error> {
     let js = async_nats::jetstream::new(async_nats::connect(url).await?);
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
         name: "RAW".into(),
@@ -49,7 +55,26 @@ async fn raw_publish(url: &str, count: u64) -> Result<Duration, async_nats::Erro
     for i in 0..count {
         // As a competent user would: a message id, so that retries are deduplicated.
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("raw-{i}").as_str());
+        headers.insert("Nats-Msg-Id", format!("raw-{eda_headers}-{i}").as_str());
+        if eda_headers {
+            for (name, value) in [
+                ("Eda-Event", "bench.tick"),
+                ("Eda-Version", "1"),
+                ("Eda-Time", "2026-11-30T12:00:00.123456789Z"),
+                ("Eda-Source", "bench-publish"),
+                ("Eda-Correlation-Id", "0195f3c2-7a4e-7b8c-9d0e-1f2a3b4c5d6e"),
+                (
+                    "Eda-Schema",
+                    "bf5538724068814db932963f3306d7ae6ee3a909b249a6f59af0ff7ea2d11dca",
+                ),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ] {
+                headers.insert(name, value);
+            }
+        }
         acks.push(
             js.publish_with_headers("raw.tick", headers, payload.clone().into())
                 .await?
@@ -96,7 +121,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = NatsServer::start()?;
     let url = server.url();
 
-    let raw = raw_publish(&url, count).await.map_err(|e| e.to_string())?;
+    let raw = raw_publish(&url, count, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let raw_headers = raw_publish(&url, count, true)
+        .await
+        .map_err(|e| e.to_string())?;
     let producer = App::builder("bench-publish")
         .nats(&url)
         .without_env()
@@ -115,6 +145,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  publish, raw async-nats (msg id, 1024 in flight): {:>9.0}/s",
         rate(count, raw)
+    );
+    println!(
+        "  publish, raw with eda-sized headers:      {:>9.0}/s",
+        rate(count, raw_headers)
     );
     println!(
         "  publish, eda publish_all:                  {:>9.0}/s  ({:.2}x raw)",
