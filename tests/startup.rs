@@ -179,3 +179,28 @@ fn the_catalog_lists_every_event_and_handler() {
     assert_eq!(json["handlers"][1]["subject"], "invoice.*");
     assert_eq!(json["handlers"][1]["event"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn publish_options_that_cannot_travel_as_headers_are_a_clear_error() {
+    let app = eda::testing::TestApp::builder("fine")
+        .handlers(&[])
+        .start()
+        .await
+        .unwrap();
+    let error = app
+        .publisher()
+        .publish_with(
+            &InvoiceSent { id: 1 },
+            eda::PublishOptions::default().id("order-7\nplaced"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the event id `order-7\\nplaced` must be non-empty and on one line (it travels as a header)"
+    );
+    assert!(
+        app.published_raw().await.unwrap().is_empty(),
+        "nothing was published"
+    );
+}

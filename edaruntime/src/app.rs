@@ -634,6 +634,15 @@ impl RunningApp {
     }
 }
 
+impl Drop for RunningApp {
+    /// A running app dropped without `shutdown()` stops its listener and poller too.
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
 impl fmt::Debug for RunningApp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunningApp")

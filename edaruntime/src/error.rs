@@ -78,6 +78,8 @@ pub enum PublishError {
     Broker(String),
     /// The broker did not confirm within the publish timeout.
     Timeout,
+    /// An option of the publish is unusable (e.g. an id with a line break).
+    Invalid(String),
 }
 
 impl fmt::Display for PublishError {
@@ -89,6 +91,7 @@ impl fmt::Display for PublishError {
                 write!(f, "the broker did not store the message: {message}")
             }
             PublishError::Timeout => write!(f, "the broker did not confirm the message in time"),
+            PublishError::Invalid(message) => f.write_str(message),
         }
     }
 }

@@ -5,8 +5,8 @@
 //! Metrics go through the [`metrics`] facade. eda installs a Prometheus recorder when an app
 //! asks for a metrics address and no recorder is installed yet; if the application installed
 //! its own recorder first, eda records into that one and serves no `/metrics` (only the health
-//! endpoints). Label values are bounded: service, handler and event names, outcomes and
-//! reasons — never ids or error texts. Handles are created once per handler (and per event
+//! endpoints). Label values are bounded: service, handler and event names (at most
+//! [`MAX_EVENT_LABELS`] per handler), outcomes and reasons — never ids or error texts. Handles are created once per handler (and per event
 //! name) and reused, so the hot path does no formatting or label allocation.
 
 use std::collections::HashMap;
@@ -124,6 +124,12 @@ pub(crate) fn describe() {
     }
 }
 
+/// Distinct `event` label values one handler records before the rest are counted as
+/// [`OTHER_EVENTS`].
+pub const MAX_EVENT_LABELS: usize = 256;
+/// The `event` label value for names past [`MAX_EVENT_LABELS`].
+pub const OTHER_EVENTS: &str = "other";
+
 /// What became of a delivered message (the `outcome` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -231,6 +237,18 @@ impl HandlerMetrics {
         {
             return Arc::clone(found);
         }
+        // Wildcard handlers see names from subjects anyone can publish to: past a bound, the
+        // rest share one series.
+        let known = self
+            .by_event
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        let event = if known >= MAX_EVENT_LABELS {
+            OTHER_EVENTS
+        } else {
+            event
+        };
         let counters = Arc::new(OutcomeCounters(Outcome::ALL.map(|outcome| {
             metrics::counter!(
                 EVENTS_HANDLED,
@@ -318,6 +336,12 @@ impl PublishMetrics {
             return Arc::clone(found);
         }
         describe();
+        let known = cache.read().unwrap_or_else(PoisonError::into_inner).len();
+        let event = if known >= MAX_EVENT_LABELS {
+            OTHER_EVENTS
+        } else {
+            event
+        };
         let labels = [(label::EVENT, event.to_owned())];
         let handles = Arc::new(PublishMetrics {
             published: metrics::counter!(EVENTS_PUBLISHED, &labels),

@@ -159,6 +159,21 @@ pub(crate) fn outbound<E: Event>(
     options: PublishOptions,
     source: &str,
 ) -> Result<Outbound, PublishError> {
+    for (what, value) in [
+        ("event id", &options.id),
+        ("correlation id", &options.correlation_id),
+        ("causation id", &options.causation_id),
+        ("traceparent", &options.traceparent),
+    ] {
+        if let Some(value) = value {
+            if value.is_empty() || value.contains(['\r', '\n']) {
+                return Err(PublishError::Invalid(format!(
+                    "the {what} `{}` must be non-empty and on one line (it travels as a header)",
+                    value.escape_debug()
+                )));
+            }
+        }
+    }
     let payload = serde_json::to_vec(event).map_err(PublishError::Encode)?;
     let mut metadata = Metadata::new(E::NAME, E::VERSION, source);
     let explicit_id = options.id.is_some();

@@ -30,7 +30,9 @@ use crate::registry;
 use crate::wire;
 
 /// Publishes awaiting confirmation at once in `publish_all`.
-const PUBLISH_WINDOW: usize = 1024;
+/// Kept well below the client's in-flight limit (5,000 acks per connection), which concurrent
+/// `publish_all` calls, `Context::publish` and dead letters share.
+const PUBLISH_WINDOW: usize = 256;
 
 /// A connection to NATS with JetStream, and the topology eda needs on it.
 pub(crate) struct JetStream {
@@ -179,9 +181,15 @@ impl JetStream {
     /// Safe to run from many instances at once.
     pub(crate) async fn provision(&self) -> Result<(), Error> {
         let t = &self.settings.topology;
-        self.ensure_stream(&t.events_stream, &format!("{}.>", t.subject_prefix))
+        self.ensure_stream(
+            &t.events_stream,
+            &format!("{}.>", t.subject_prefix),
+            t.max_age,
+        )
+        .await?;
+        // Dead letters wait for someone to look at them: no age limit.
+        self.ensure_stream(&t.dlq_stream, "dlq.>", Duration::ZERO)
             .await?;
-        self.ensure_stream(&t.dlq_stream, "dlq.>").await?;
         self.ensure_bucket(&t.processed_bucket, t.processed_ttl)
             .await?;
         let schemas = self
@@ -190,7 +198,12 @@ impl JetStream {
         self.register_schemas(&schemas).await
     }
 
-    async fn ensure_stream(&self, name: &str, subject: &str) -> Result<(), Error> {
+    async fn ensure_stream(
+        &self,
+        name: &str,
+        subject: &str,
+        max_age: Duration,
+    ) -> Result<(), Error> {
         let t = &self.settings.topology;
         let wanted = stream::Config {
             name: name.to_owned(),
@@ -198,7 +211,7 @@ impl JetStream {
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             duplicate_window: t.duplicate_window,
-            max_age: t.max_age,
+            max_age,
             num_replicas: self.replicas,
             ..Default::default()
         };
@@ -615,13 +628,19 @@ impl JetStream {
             .collect())
     }
 
-    /// Flushes pending publishes and drains the connection.
+    /// Flushes pending publishes and drains the connection, for at most five seconds each
+    /// (during a broker outage both would wait for a reconnect that may never come).
     pub(crate) async fn close(&self) {
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %e, "flushing the NATS connection failed");
+        let limit = Duration::from_secs(5);
+        match tokio::time::timeout(limit, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing the NATS connection failed"),
+            Err(_) => tracing::warn!("flushing the NATS connection timed out"),
         }
-        if let Err(e) = self.client.drain().await {
-            tracing::debug!(error = %e, "draining the NATS connection failed");
+        match tokio::time::timeout(limit, self.client.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "draining the NATS connection failed"),
+            Err(_) => tracing::warn!("draining the NATS connection timed out"),
         }
     }
 
@@ -937,7 +956,10 @@ impl Transport for JetStreamTransport {
             }
             pairs.push((wire::ORIGINAL_ID, letter.metadata.id.clone()));
             pairs.push((wire::DLQ_REASON, letter.reason.as_str().to_owned()));
-            pairs.push((wire::DLQ_ERROR, header_safe(&letter.error)));
+            pairs.push((
+                wire::DLQ_ERROR,
+                header_safe(&truncated(&letter.error, 1024)),
+            ));
             pairs.push((wire::DLQ_ATTEMPTS, letter.attempts.to_string()));
             pairs.push((wire::DLQ_HANDLER, letter.handler.clone()));
             pairs.push((
@@ -984,6 +1006,19 @@ fn dead_letter_from(message: jetstream::Message, prefix: &str) -> Option<DeadLet
         payload: message.payload.clone(),
         subject,
     })
+}
+
+/// At most `max` bytes of `text` (on a character boundary), marked when cut: a dead letter's
+/// error must not push it over the server's message size.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Header values cannot hold line breaks.
@@ -1051,11 +1086,14 @@ impl fmt::Debug for KvStore {
 
 /// KV keys allow `[-/_=.a-zA-Z0-9]`: ids from plain clients outside that set are hashed.
 fn kv_key(key: &str) -> String {
-    if key
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c))
+    let plain = key.len() <= 256
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c))
+        && !key.starts_with('.')
         && !key.ends_with('.')
-    {
+        && !key.contains("..");
+    if plain {
         return key.to_owned();
     }
     let digest = Sha256::digest(key.as_bytes());
@@ -1091,8 +1129,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("short", 10), "short");
+        assert_eq!(truncated("ééé", 3), "é…");
+    }
+
+    #[test]
     fn kv_keys_are_kept_when_valid_and_hashed_otherwise() {
         assert_eq!(kv_key("svc.handler.0190-abc"), "svc.handler.0190-abc");
+        assert_eq!(
+            kv_key("svc.handler.a..b").len(),
+            64,
+            "an empty token is hashed"
+        );
+        assert_eq!(kv_key(&"x".repeat(300)).len(), 64, "a long key is hashed");
         let hashed = kv_key("svc.handler.order 7:placed");
         assert_eq!(hashed.len(), 64);
         assert!(hashed.chars().all(|c| c.is_ascii_hexdigit()));
