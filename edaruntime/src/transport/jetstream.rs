@@ -737,14 +737,19 @@ impl JetStream {
                 let ack_wait = self.settings.topology.ack_wait;
                 let mut task_signals = signals.clone();
                 tasks.spawn(async move {
-                    let progress = ack.progress_acker();
+                    let progress = ack.acker();
+                    let cut_off = ack.acker();
                     tokio::select! {
                         biased;
                         () = runtime.deliver(delivery, ack, Some(permit)) => {}
                         () = keep_in_progress(progress, ack_wait) => {}
-                        // Past the shutdown deadline the handler is dropped; the message is
-                        // redelivered after the ack wait.
-                        () = task_signals.stopped() => {}
+                        // Past the shutdown deadline the handler is dropped and its message
+                        // handed back for another instance (a nak after an ack is ignored).
+                        () = task_signals.stopped() => {
+                            if let Err(e) = cut_off.ack_with(AckKind::Nak(None)).await {
+                                tracing::debug!(error = %e, "handing back a cut-off message failed; it returns after the ack wait");
+                            }
+                        }
                     }
                 });
                 while tasks.try_join_next().is_some() {}
@@ -1036,10 +1041,6 @@ struct JsAck {
 impl JsAck {
     fn acker(&self) -> jetstream::message::Acker {
         jetstream::message::Acker::new(self.context.clone(), self.reply.clone())
-    }
-
-    fn progress_acker(&self) -> jetstream::message::Acker {
-        self.acker()
     }
 }
 
