@@ -758,6 +758,13 @@ fn assert_gaps(rig: &Rig, gaps: &[Duration], expected_ms: &[u64], what: &str) {
     }
 }
 
+/// The shutdown tests' handler runs for 2 s: with the rig's 1 s ack wait a machine under load
+/// can miss an in-progress ack, and the broker then hands the message out a second time while
+/// it runs (at-least-once allows that; these tests count side effects exactly).
+fn slow_handler_ack_wait(builder: eda::AppBuilder) -> eda::AppBuilder {
+    builder.ack_wait(Duration::from_secs(10))
+}
+
 async fn wait_until_called(seen: &Seen) {
     while seen.calls.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -832,6 +839,7 @@ async fn shutdown_lets_in_flight_handlers_finish_and_leaves_the_rest_queued(rig:
     let seen = Arc::new(Seen::default());
     let app = rig
         .app("drain")
+        .configure(slow_handler_ack_wait)
         .shared_state(Arc::clone(&seen))
         .handlers(&["slow_but_finishes"])
         .start()
@@ -849,6 +857,7 @@ async fn shutdown_lets_in_flight_handlers_finish_and_leaves_the_rest_queued(rig:
     );
     let next = rig
         .app("drain")
+        .configure(slow_handler_ack_wait)
         .shared_state(Arc::clone(&seen))
         .handlers(&["slow_but_finishes"])
         .start()
@@ -866,6 +875,7 @@ async fn handlers_past_the_shutdown_timeout_are_stopped_and_redelivered(rig: Rig
     let seen = Arc::new(Seen::default());
     let app = rig
         .app("cutoff")
+        .configure(slow_handler_ack_wait)
         .shared_state(Arc::clone(&seen))
         .handlers(&["slow_but_finishes"])
         .configure(|b| b.shutdown_timeout(Duration::from_millis(500)))
@@ -878,6 +888,7 @@ async fn handlers_past_the_shutdown_timeout_are_stopped_and_redelivered(rig: Rig
     assert!(seen.ids().is_empty(), "cut off at the deadline");
     let next = rig
         .app("cutoff")
+        .configure(slow_handler_ack_wait)
         .shared_state(Arc::clone(&seen))
         .handlers(&["slow_but_finishes"])
         .start()
