@@ -214,6 +214,26 @@ fn client_port_answers(port: u16) -> bool {
     stream.read_exact(&mut buf).is_ok() && &buf == b"INFO"
 }
 
+/// How many client URLs the server's INFO line lists: every node of a cluster once the routes
+/// to all of them are up (the runtime chooses three replicas from this same list).
+fn advertised_client_urls(port: u16) -> usize {
+    let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut line = String::new();
+    if std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).is_err() {
+        return 0;
+    }
+    let Some(json) = line.strip_prefix("INFO ") else {
+        return 0;
+    };
+    serde_json::from_str::<serde_json::Value>(json.trim())
+        .ok()
+        .and_then(|info| info.get("connect_urls")?.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
 fn healthz_ok(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -343,7 +363,33 @@ impl NatsCluster {
         for node in &mut nodes {
             node.wait_ready(deadline)?;
         }
-        Ok(NatsCluster { nodes, _dir: dir })
+        let cluster = NatsCluster { nodes, _dir: dir };
+        for index in 0..size {
+            cluster.wait_meshed(index, deadline)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until node `index` has routes to every other node, so a client connecting to it
+    /// sees the whole cluster (a healthy node may still be forming its routes).
+    fn wait_meshed(&self, index: usize, deadline: Instant) -> Result<(), TestServerError> {
+        let Some(node) = self.nodes.get(index) else {
+            return Ok(());
+        };
+        loop {
+            let seen = advertised_client_urls(node.port);
+            if seen >= self.nodes.len() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(TestServerError::Start(format!(
+                    "node {index} of the cluster lists {seen} of {} nodes after its start; its log says:\n{}",
+                    self.nodes.len(),
+                    node.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Every node's URL, comma-separated (what `App::builder(..).nats(..)` takes).
@@ -386,7 +432,9 @@ impl NatsCluster {
         };
         node.kill();
         node.spawn()?;
-        node.wait_ready(Instant::now() + READY_TIMEOUT)
+        let deadline = Instant::now() + READY_TIMEOUT;
+        node.wait_ready(deadline)?;
+        self.wait_meshed(index, deadline)
     }
 
     /// The store directory of node `index`.

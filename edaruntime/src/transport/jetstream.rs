@@ -145,13 +145,23 @@ impl JetStream {
                 "the NATS server at `{url}` has JetStream disabled: start nats-server with `-js`"
             )));
         }
-        let replicas = settings.topology.replicas.unwrap_or(
-            if info.cluster.is_some() && info.connect_urls.len() >= 3 {
-                3
-            } else {
-                1
-            },
-        );
+        let replicas = settings.topology.replicas.unwrap_or_else(|| {
+            match (&info.cluster, info.connect_urls.len()) {
+                (Some(_), seen) if seen >= 3 => 3,
+                (Some(cluster), seen) => {
+                    // A cluster still forming its routes lists fewer servers: new streams
+                    // would get one replica. Say so; EDA_STREAM_REPLICAS makes it explicit.
+                    tracing::warn!(
+                        cluster = %cluster,
+                        servers = seen,
+                        "the cluster lists fewer than 3 servers: new streams get 1 replica \
+                         (set EDA_STREAM_REPLICAS to choose)"
+                    );
+                    1
+                }
+                (None, _) => 1,
+            }
+        });
         let context = jetstream::ContextBuilder::new()
             .timeout(settings.publish_timeout)
             .build(client.clone());
