@@ -28,21 +28,20 @@ use tokio::sync::Semaphore;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A realistic event: about 250 bytes of JSON.
-#[event("bench.order")]
-pub struct BenchOrder {
-    pub id: u64,
-    pub sent_ns: u64,
-    pub customer: String,
-    pub email: String,
-    pub items: Vec<String>,
-    pub total_cents: u64,
-    pub currency: String,
-    pub note: String,
+/// The fields every scenario's event has: a realistic event, about 250 bytes of JSON.
+struct Order {
+    id: u64,
+    sent_ns: u64,
+    customer: String,
+    email: String,
+    items: Vec<String>,
+    total_cents: u64,
+    currency: String,
+    note: String,
 }
 
-fn order(id: u64) -> BenchOrder {
-    BenchOrder {
+fn order(id: u64) -> Order {
+    Order {
         id,
         sent_ns: now_ns(),
         customer: format!("customer-{:08}", id % 100_000),
@@ -58,6 +57,58 @@ fn order(id: u64) -> BenchOrder {
     }
 }
 
+/// An eda event with [`Order`]'s fields, made from one.
+trait BenchEvent: Event {
+    fn make(id: u64) -> Self;
+}
+
+/// One event type per scenario: a consumer of one scenario never sees (or keeps a backlog of)
+/// another's events, as the raw baseline uses a subject per scenario.
+macro_rules! bench_events {
+    ($($ty:ident = $name:literal),* $(,)?) => {$(
+        #[event($name)]
+        pub struct $ty {
+            pub id: u64,
+            pub sent_ns: u64,
+            pub customer: String,
+            pub email: String,
+            pub items: Vec<String>,
+            pub total_cents: u64,
+            pub currency: String,
+            pub note: String,
+        }
+
+        impl BenchEvent for $ty {
+            fn make(id: u64) -> Self {
+                let o = order(id);
+                $ty {
+                    id: o.id,
+                    sent_ns: o.sent_ns,
+                    customer: o.customer,
+                    email: o.email,
+                    items: o.items,
+                    total_cents: o.total_cents,
+                    currency: o.currency,
+                    note: o.note,
+                }
+            }
+        }
+    )*};
+}
+
+bench_events! {
+    PublishOrder = "bench.publish",
+    SequentialOrder = "bench.sequential",
+    PlainOrder = "bench.e2e",
+    IdempotentOrder = "bench.idempotent",
+    LatencyOrder = "bench.latency",
+    SleepyOrder = "bench.sleepy",
+    MemoryOrder = "bench.memory",
+    FanoutOrder = "bench.fanout",
+    BacklogOrder = "bench.backlog",
+    IdleOrder = "bench.idle",
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -70,39 +121,60 @@ const CONCURRENCY: usize = 64;
 pub struct Latencies(Mutex<Vec<u64>>);
 
 #[handler(service = "bench-e2e", concurrency = 64, idempotent = "off")]
-async fn bench_plain(_event: BenchOrder) {}
+async fn bench_plain(_event: PlainOrder) {}
 
 #[handler(concurrency = 64)]
-async fn bench_idempotent(_event: BenchOrder) {}
+async fn bench_idempotent(_event: IdempotentOrder) {}
 
 #[handler(concurrency = 64, idempotent = "off")]
-async fn bench_latency(event: BenchOrder, latencies: State<Latencies>) {
-    if event.id < LATENCY_IDS {
-        return; // another scenario's event: not a latency sample
-    }
+async fn bench_latency(event: LatencyOrder, latencies: State<Latencies>) {
     let latency = now_ns().saturating_sub(event.sent_ns);
     latencies.0.lock().map(|mut l| l.push(latency)).ok();
 }
 
-/// Ids of the latency scenario's events start here (to tell them from other scenarios').
-const LATENCY_IDS: u64 = 1 << 40;
-
 #[handler(concurrency = 64, idempotent = "off")]
-async fn bench_sleep(_event: BenchOrder) {
+async fn bench_sleep(_event: SleepyOrder) {
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 #[handler(service = "bench-memory", idempotent = "off")]
-async fn memory_noop(_event: BenchOrder) {}
+async fn memory_noop(_event: MemoryOrder) {}
 
 #[handler(service = "bench-fanout", idempotent = "off")]
-async fn fanout_a(_event: BenchOrder) {}
+async fn fanout_a(_event: FanoutOrder) {}
 #[handler(service = "bench-fanout", idempotent = "off")]
-async fn fanout_b(_event: BenchOrder) {}
+async fn fanout_b(_event: FanoutOrder) {}
 #[handler(service = "bench-fanout", idempotent = "off")]
-async fn fanout_c(_event: BenchOrder) {}
+async fn fanout_c(_event: FanoutOrder) {}
 #[handler(service = "bench-fanout", idempotent = "off")]
-async fn fanout_d(_event: BenchOrder) {}
+async fn fanout_d(_event: FanoutOrder) {}
+
+// The memory scenario's service: ten handlers, one of them with a backlog to work through.
+#[handler(
+    service = "bench-rss",
+    concurrency = 64,
+    idempotent = "off",
+    start = "all"
+)]
+async fn rss_backlog(_event: BacklogOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_1(_event: IdleOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_2(_event: IdleOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_3(_event: IdleOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_4(_event: IdleOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_5(_event: IdleOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_6(_event: IdleOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_7(_event: IdleOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_8(_event: IdleOrder) {}
+#[handler(service = "bench-rss")]
+async fn rss_9(_event: IdleOrder) {}
 
 struct Counts {
     publish: u64,
@@ -111,6 +183,8 @@ struct Counts {
     latency_seconds: u64,
     sleepy: u64,
     memory: u64,
+    backlog: u64,
+    faststream: u64,
 }
 
 // ---- the hand-written baseline --------------------------------------------------------------
@@ -143,7 +217,7 @@ impl Raw {
     fn message(&self, id: u64) -> Result<(async_nats::HeaderMap, bytes::Bytes), BoxError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("raw-{}-{id}", self.run).as_str());
-        Ok((headers, serde_json::to_vec(&order(id))?.into()))
+        Ok((headers, serde_json::to_vec(&PlainOrder::make(id))?.into()))
     }
 
     async fn publish_pipelined(&self, subject: &str, count: u64) -> Result<(), BoxError> {
@@ -237,7 +311,7 @@ impl Raw {
                     let (acked, kv, latencies) =
                         (Arc::clone(&acked), kv.clone(), latencies.clone());
                     tokio::spawn(async move {
-                        let Ok(event) = serde_json::from_slice::<BenchOrder>(&message.payload)
+                        let Ok(event) = serde_json::from_slice::<PlainOrder>(&message.payload)
                         else {
                             return;
                         };
@@ -329,7 +403,7 @@ async fn eda_app(
 
 async fn eda_publish(url: &str, count: u64) -> Result<Duration, BoxError> {
     let app = eda_app(url, "bench-publisher", &[], None).await?;
-    let events: Vec<BenchOrder> = (0..count).map(order).collect();
+    let events: Vec<PublishOrder> = (0..count).map(PublishOrder::make).collect();
     let started = Instant::now();
     app.publisher().publish_all(&events).await?;
     let elapsed = started.elapsed();
@@ -342,14 +416,14 @@ async fn eda_sequential(url: &str, count: u64) -> Result<Duration, BoxError> {
     let publisher = app.publisher();
     let started = Instant::now();
     for id in 0..count {
-        publisher.publish(&order(id)).await?;
+        publisher.publish(&SequentialOrder::make(id)).await?;
     }
     let elapsed = started.elapsed();
     app.shutdown().await?;
     Ok(elapsed)
 }
 
-async fn eda_end_to_end(
+async fn eda_end_to_end<E: BenchEvent>(
     url: &str,
     service: &str,
     handler: &str,
@@ -357,7 +431,7 @@ async fn eda_end_to_end(
 ) -> Result<Duration, BoxError> {
     let consumer = eda_app(url, service, &[handler], None).await?;
     let producer = eda_app(url, "bench-publisher", &[], None).await?;
-    let events: Vec<BenchOrder> = (0..count).map(order).collect();
+    let events: Vec<E> = (0..count).map(E::make).collect();
     let target = consumer.stats(handler).map_or(0, |s| s.handled) + count;
     let started = Instant::now();
     producer.publisher().publish_all(&events).await?;
@@ -390,7 +464,7 @@ async fn eda_latency(url: &str, seconds: u64) -> Result<Vec<u64>, BoxError> {
     let count = paced(seconds, |id| {
         let publisher = publisher.clone();
         async move {
-            publisher.publish(&order(LATENCY_IDS + id)).await?;
+            publisher.publish(&LatencyOrder::make(id)).await?;
             Ok(())
         }
     })
@@ -403,19 +477,285 @@ async fn eda_latency(url: &str, seconds: u64) -> Result<Vec<u64>, BoxError> {
     Ok(latencies)
 }
 
-async fn eda_memory(handlers: &[&str], service: &str, count: u64) -> Result<Duration, BoxError> {
+async fn eda_memory<E: BenchEvent>(
+    handlers: &[&str],
+    service: &str,
+    count: u64,
+) -> Result<Duration, BoxError> {
     let app = App::builder(service)
         .memory_broker(MemoryBroker::new().with_retention(0))
         .handlers(handlers)
         .start()
         .await?;
-    let events: Vec<BenchOrder> = (0..count).map(order).collect();
+    let events: Vec<E> = (0..count).map(E::make).collect();
     let started = Instant::now();
     app.publisher().publish_all(&events).await?;
     app.settle().await;
     let elapsed = started.elapsed();
     app.shutdown().await?;
     Ok(elapsed)
+}
+
+// ---- memory: RSS of a service in a process of its own ---------------------------------------
+
+/// The ten handlers of the memory scenario's service.
+const RSS_HANDLERS: [&str; 10] = [
+    "rss_backlog",
+    "rss_1",
+    "rss_2",
+    "rss_3",
+    "rss_4",
+    "rss_5",
+    "rss_6",
+    "rss_7",
+    "rss_8",
+    "rss_9",
+];
+
+/// In the child process: starts the ten-handler service; with `--count 0` reports its RSS
+/// after three idle seconds, else works through `count` backlog events and reports its peak.
+async fn rss_child(args: &[String]) -> Result<(), BoxError> {
+    let url = arg_value(args, "--url").ok_or("--url is missing")?;
+    let count: u64 = arg_value(args, "--count")
+        .ok_or("--count is missing")?
+        .parse()?;
+    let app = App::builder("bench-rss")
+        .nats(&url)
+        .without_env()
+        .handlers(&RSS_HANDLERS)
+        .start()
+        .await?;
+    if count == 0 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        println!("kib={}", proc_status_kib("VmRSS")?);
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while app.stats("rss_backlog").map_or(0, |s| s.handled) < count {
+            if Instant::now() > deadline {
+                return Err("the backlog was not worked through within 15 minutes".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!("kib={}", proc_status_kib("VmHWM")?);
+    }
+    app.shutdown().await?;
+    Ok(())
+}
+
+/// A `/proc/self/status` field in KiB (`VmRSS`: resident now; `VmHWM`: the peak).
+fn proc_status_kib(field: &str) -> Result<u64, BoxError> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no {field} in /proc/self/status").into())
+}
+
+/// Runs this bench binary as the memory scenario's child; returns the KiB it reports.
+async fn rss_run(url: &str, count: u64) -> Result<u64, BoxError> {
+    let exe = std::env::current_exe()?;
+    let args = ["--rss-child", "--url", url, "--count", &count.to_string()].map(str::to_owned);
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new(exe).args(args).output())
+            .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match stdout.lines().rev().find_map(|l| l.strip_prefix("kib=")) {
+        Some(kib) if output.status.success() => Ok(kib.trim().parse()?),
+        _ => Err(format!(
+            "the memory scenario's child failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into()),
+    }
+}
+
+/// Idle RSS of the ten-handler service, then its peak RSS while it works through `backlog`
+/// events published before it starts (KiB, KiB).
+async fn eda_rss(url: &str, backlog: u64) -> Result<(u64, u64), BoxError> {
+    let idle = rss_run(url, 0).await?;
+    let producer = eda_app(url, "bench-publisher", &[], None).await?;
+    let mut next = 0;
+    while next < backlog {
+        let end = (next + 50_000).min(backlog);
+        let events: Vec<BacklogOrder> = (next..end).map(BacklogOrder::make).collect();
+        producer.publisher().publish_all(&events).await?;
+        next = end;
+    }
+    producer.shutdown().await?;
+    let peak = rss_run(url, backlog).await?;
+    Ok((idle, peak))
+}
+
+// ---- peers: other frameworks' programs doing scenario 2 ---------------------------------------
+
+/// A peer's program: the command line in `variable` (set by `scripts/bench`), which takes
+/// `--url --events --concurrency --name` and prints `{"events_per_s": ..}` last.
+struct Peer {
+    name: &'static str,
+    variable: &'static str,
+    count: u64,
+}
+
+/// Runs `peer` once against `url`; its events/s.
+async fn run_peer(peer: &Peer, url: &str, run: usize) -> Result<f64, BoxError> {
+    let command = std::env::var(peer.variable).unwrap_or_default();
+    let mut words = command.split_whitespace().map(str::to_owned);
+    let program = words
+        .next()
+        .ok_or_else(|| format!("{} is not set (scripts/bench sets it)", peer.variable))?;
+    let mut args: Vec<String> = words.collect();
+    args.extend(
+        [
+            "--url",
+            url,
+            "--events",
+            &peer.count.to_string(),
+            "--concurrency",
+            &CONCURRENCY.to_string(),
+            "--name",
+            &format!("{}{run}", peer.name),
+        ]
+        .map(str::to_owned),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(program).args(args).output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let rate = stdout
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .and_then(|v| v.get("events_per_s")?.as_f64());
+    match rate {
+        Some(rate) if output.status.success() => Ok(rate),
+        _ => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            Err(format!(
+                "{command} exited with {}: {}",
+                output.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )
+            .into())
+        }
+    }
+}
+
+// ---- criterion micro-benchmarks (run by scripts/bench before this) ---------------------------
+
+/// What each micro-benchmark of `benches/micro.rs` measures, by criterion id.
+const MICRO: [(&str, &str); 11] = [
+    (
+        "decode/current version",
+        "JSON payload to the typed event, version as sent",
+    ),
+    (
+        "decode/version 1, upcast",
+        "a version-1 payload decoded and upcast to version 2",
+    ),
+    (
+        "headers/new metadata (id, time, trace)",
+        "per publish: UUID v7 id, time, trace context",
+    ),
+    (
+        "headers/encode into a NATS header map",
+        "the 9 wire-format headers written for a publish",
+    ),
+    (
+        "headers/decode from a NATS header map",
+        "metadata read back from a received message's headers",
+    ),
+    (
+        "decide/success",
+        "the delivery decision after a successful attempt",
+    ),
+    (
+        "decide/failure, retry with backoff",
+        "the decision after a failure: backoff delay with jitter",
+    ),
+    (
+        "metrics/one handled message (lag, in flight, duration, outcome)",
+        "every metric eda records per handled message, into a Prometheus recorder",
+    ),
+    (
+        "in memory/one no-op handler",
+        "publish and handle through the in-memory transport, per event",
+    ),
+    (
+        "in memory/fan-out to 4 handlers",
+        "the same with 4 handlers, per published event",
+    ),
+    (
+        "in memory/floor: JSON through a channel, by hand",
+        "the floor: serialize, a tokio channel, decode; no framework",
+    ),
+];
+
+/// The micro-benchmark table from criterion's saved estimates (`<target>/criterion`).
+fn micro_benchmarks() -> String {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let root = std::path::Path::new(&target).join("criterion");
+    let mut table = String::from(
+        "\nMicro-benchmarks (criterion, `cargo bench --bench micro`; mean time per operation):\n\n\
+         | benchmark | what it measures | time |\n| --- | --- | --- |\n",
+    );
+    for (id, meaning) in MICRO {
+        let (group, function) = id.split_once('/').unwrap_or((id, ""));
+        let time = criterion_mean_ns(&root, group, function).map_or_else(
+            || "not run".to_owned(),
+            |ns| {
+                if id.starts_with("in memory") {
+                    // One iteration is a batch of events; report per event and as a rate.
+                    let per_event = ns / MICRO_BATCH;
+                    format!("{per_event:.0} ns ({:.0} events/s)", 1e9 / per_event)
+                } else {
+                    format!("{ns:.0} ns")
+                }
+            },
+        );
+        table.push_str(&format!("| {id} | {meaning} | {time} |\n"));
+    }
+    table
+}
+
+/// Events per iteration of the in-memory micro-benchmarks (`BATCH` in `benches/micro.rs`).
+const MICRO_BATCH: f64 = 1_000.0;
+
+/// The mean of one criterion benchmark, found by its ids in `benchmark.json`.
+fn criterion_mean_ns(root: &std::path::Path, group: &str, function: &str) -> Option<f64> {
+    for entry in std::fs::read_dir(root.join(group_dir(group)))
+        .ok()?
+        .flatten()
+    {
+        let new = entry.path().join("new");
+        let Ok(id) = std::fs::read_to_string(new.join("benchmark.json")) else {
+            continue;
+        };
+        let id: serde_json::Value = serde_json::from_str(&id).ok()?;
+        if id.get("function_id").and_then(|f| f.as_str()) == Some(function) {
+            let estimates = std::fs::read_to_string(new.join("estimates.json")).ok()?;
+            let estimates: serde_json::Value = serde_json::from_str(&estimates).ok()?;
+            return estimates.get("mean")?.get("point_estimate")?.as_f64();
+        }
+    }
+    None
+}
+
+/// Criterion's directory name for a group (it keeps letters, digits, `-`, `_` and spaces).
+fn group_dir(group: &str) -> String {
+    group
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_ ".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 // ---- helpers --------------------------------------------------------------------------------
@@ -495,6 +835,17 @@ fn arg_value(args: &[String], name: &str) -> Option<String> {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--rss-child") {
+        return rss_child(&args).await;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench targets without `--bench`: a debug build's
+        // figures would mean nothing, and `scripts/test` runs `scripts/bench --quick` itself.
+        eprintln!(
+            "compare: a benchmark; run it with `scripts/bench` (or `cargo bench --bench compare`)"
+        );
+        return Ok(());
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let rounds: usize = arg_value(&args, "--rounds").map_or(Ok(3), |r| r.parse())?;
     let out = arg_value(&args, "--out").unwrap_or_else(|| "benches/RESULTS.md".into());
@@ -506,6 +857,8 @@ async fn main() -> Result<(), BoxError> {
             latency_seconds: 2,
             sleepy: 3_000,
             memory: 100_000,
+            backlog: 20_000,
+            faststream: 2_000,
         }
     } else {
         Counts {
@@ -515,6 +868,8 @@ async fn main() -> Result<(), BoxError> {
             latency_seconds: 10,
             sleepy: 20_000,
             memory: 1_000_000,
+            backlog: 500_000,
+            faststream: 10_000,
         }
     };
     let server = NatsServer::start()?;
@@ -533,6 +888,20 @@ async fn main() -> Result<(), BoxError> {
     let mut latency_rows = Vec::new();
     let (mut sleepy, mut memory, mut fanout) =
         (Series::default(), Series::default(), Series::default());
+    let peers = [
+        Peer {
+            name: "ruststream",
+            variable: "EDA_BENCH_RUSTSTREAM",
+            count: counts.end_to_end,
+        },
+        Peer {
+            name: "faststream",
+            variable: "EDA_BENCH_FASTSTREAM",
+            count: counts.faststream,
+        },
+    ];
+    let mut peer_rates: Vec<Series> = peers.iter().map(|_| Series::default()).collect();
+    let mut peer_errors: Vec<Option<String>> = peers.iter().map(|_| None).collect();
     for round in 1..=rounds {
         eprintln!("round {round} of {rounds}");
         eprintln!("  publish");
@@ -551,8 +920,19 @@ async fn main() -> Result<(), BoxError> {
         ));
         eda_rates[1].push(per_second(
             counts.end_to_end,
-            eda_end_to_end(&url, "bench-e2e", "bench_plain", counts.end_to_end).await?,
+            eda_end_to_end::<PlainOrder>(&url, "bench-e2e", "bench_plain", counts.end_to_end)
+                .await?,
         ));
+        for (i, peer) in peers.iter().enumerate() {
+            eprintln!("  end to end, {}", peer.name);
+            match run_peer(peer, &url, round).await {
+                Ok(rate) => peer_rates[i].push(rate),
+                Err(e) => {
+                    eprintln!("  {}: {e}", peer.name);
+                    peer_errors[i] = Some(e.to_string());
+                }
+            }
+        }
         eprintln!("  end to end, idempotent");
         raw_rates[2].push(per_second(
             counts.end_to_end,
@@ -560,7 +940,13 @@ async fn main() -> Result<(), BoxError> {
         ));
         eda_rates[2].push(per_second(
             counts.end_to_end,
-            eda_end_to_end(&url, "bench-idem", "bench_idempotent", counts.end_to_end).await?,
+            eda_end_to_end::<IdempotentOrder>(
+                &url,
+                "bench-idem",
+                "bench_idempotent",
+                counts.end_to_end,
+            )
+            .await?,
         ));
         eprintln!("  sequential");
         raw_rates[3].push(per_second(
@@ -588,15 +974,16 @@ async fn main() -> Result<(), BoxError> {
         eprintln!("  concurrency, in memory");
         sleepy.push(per_second(
             counts.sleepy,
-            eda_end_to_end(&url, "bench-sleep", "bench_sleep", counts.sleepy).await?,
+            eda_end_to_end::<SleepyOrder>(&url, "bench-sleep", "bench_sleep", counts.sleepy)
+                .await?,
         ));
         memory.push(per_second(
             counts.memory,
-            eda_memory(&["memory_noop"], "bench-memory", counts.memory).await?,
+            eda_memory::<MemoryOrder>(&["memory_noop"], "bench-memory", counts.memory).await?,
         ));
         fanout.push(per_second(
             counts.memory / 4,
-            eda_memory(
+            eda_memory::<FanoutOrder>(
                 &["fanout_a", "fanout_b", "fanout_c", "fanout_d"],
                 "bench-fanout",
                 counts.memory / 4,
@@ -604,6 +991,8 @@ async fn main() -> Result<(), BoxError> {
             .await?,
         ));
     }
+    eprintln!("memory: idle, then a backlog of {}", counts.backlog);
+    let (idle_kib, peak_kib) = eda_rss(&url, counts.backlog).await?;
 
     let ratio = |i: usize| eda_rates[i].median() / raw_rates[i].median();
     let mut report = String::new();
@@ -651,7 +1040,32 @@ async fn main() -> Result<(), BoxError> {
         counts.memory / 4,
         fanout.summary("")
     ));
-    report.push_str("\nNot measured yet: peers (ruststream-nats, FastStream), criterion micro-benches, memory (RSS).\n");
+    report.push_str(&format!(
+        "\nMemory: a service with 10 handlers (process of its own): {:.1} MiB resident when idle; \
+         {:.1} MiB at its peak while one handler (`concurrency = 64`) works through a backlog of {} events \
+         published before it started.\n",
+        idle_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0,
+        counts.backlog
+    ));
+    report.push_str("\nPeers, end to end (scenario 2: publish while one no-op handler with concurrency 64 consumes, pull consumer, explicit ack):\n\n| peer | count | peer (events/s) | eda / peer (medians, eda idempotency off) |\n| --- | --- | --- | --- |\n");
+    for (i, peer) in peers.iter().enumerate() {
+        let result = match &peer_errors[i] {
+            Some(error) => format!(
+                "| {} | {} | failed: {error} | n/a |\n",
+                peer.name, peer.count
+            ),
+            None => format!(
+                "| {} | {} | {} | {:.2} |\n",
+                peer.name,
+                peer.count,
+                peer_rates[i].summary(""),
+                eda_rates[1].median() / peer_rates[i].median()
+            ),
+        };
+        report.push_str(&result);
+    }
+    report.push_str(&micro_benchmarks());
     report.push_str(FINDINGS);
     std::fs::write(&out, &report)?;
     println!("{report}");

@@ -15,7 +15,6 @@
 //! is nak'd, so nothing is ever dropped. An idempotency store that cannot be read or written
 //! leads to a nak too.
 
-use std::cell::Cell;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -198,29 +197,9 @@ pub fn backoff_delay(policy: &BackoffPolicy, attempt: u32, random: f64) -> Durat
     }
 }
 
-/// A uniform number in `[0, 1)` from a per-thread xorshift generator (jitter needs no
-/// cryptographic quality, and must not cost a lock).
+/// A uniform number in `[0, 1)` for jitter (per-thread generator: no lock, no system call).
 pub(crate) fn random_unit() -> f64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
-}
-
-fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0x9E37_79B9_7F4A_7C15);
-    let local = 0u8;
-    (nanos ^ (&local as *const u8 as u64).rotate_left(32)) | 1
+    crate::random::unit()
 }
 
 /// Counters of what one handler did, as [`crate::testing::TestApp`] reports them.

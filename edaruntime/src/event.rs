@@ -290,7 +290,7 @@ pub struct Metadata {
 impl Metadata {
     /// Metadata for a new event: fresh UUID v7 id, now, version and name from the type.
     pub fn new(name: &str, version: u32, source: &str) -> Metadata {
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = crate::random::uuid_v7();
         Metadata {
             correlation_id: id.clone(),
             id,

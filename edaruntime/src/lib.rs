@@ -21,6 +21,7 @@ pub mod __private {
     pub use crate::private::*;
 }
 mod private;
+mod random;
 
 pub use app::{wait_for_signal, App, AppBuilder, RunningApp};
 pub use config::{NatsAuth, NatsSettings, Topology};

@@ -130,12 +130,18 @@ pub const MAX_EVENT_LABELS: usize = 256;
 /// The `event` label value for names past [`MAX_EVENT_LABELS`].
 pub const OTHER_EVENTS: &str = "other";
 
-/// What became of a delivered message (the `outcome` label).
+/// What became of a delivered message (the `outcome` label). Public only for the
+/// micro-benchmarks (`benches/micro.rs`); not part of the API.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
+    /// Handled and acked.
     Success,
+    /// Failed; redelivered later.
     Retry,
+    /// Dead-lettered.
     DeadLetter,
+    /// Already handled (idempotency); acked without running the handler.
     Duplicate,
 }
 
@@ -169,7 +175,8 @@ const REASONS: [DlqReason; 4] = [
 struct OutcomeCounters([Counter; 4]);
 
 /// One handler's metric handles, created when the app starts.
-pub(crate) struct HandlerMetrics {
+#[doc(hidden)]
+pub struct HandlerMetrics {
     service: Arc<str>,
     handler: &'static str,
     by_event: RwLock<HashMap<Arc<str>, Arc<OutcomeCounters>>>,
@@ -190,7 +197,8 @@ impl fmt::Debug for HandlerMetrics {
 }
 
 impl HandlerMetrics {
-    pub(crate) fn new(
+    /// Creates (registers) the handles of one handler; `event` pre-registers its outcomes.
+    pub fn new(
         service: &Arc<str>,
         handler: &'static str,
         event: Option<&'static str>,
@@ -268,7 +276,7 @@ impl HandlerMetrics {
     }
 
     /// Counts one message's outcome.
-    pub(crate) fn handled(&self, event: &str, outcome: Outcome) {
+    pub fn handled(&self, event: &str, outcome: Outcome) {
         let index = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.outcomes(event).0[index].increment(1);
     }
@@ -282,7 +290,7 @@ impl HandlerMetrics {
 
     /// An attempt starts: records the event's lag and counts the attempt in flight until the
     /// guard drops (also when the attempt is cut off), recording its duration then.
-    pub(crate) fn attempt(&self, event_time: SystemTime) -> Attempt<'_> {
+    pub fn attempt(&self, event_time: SystemTime) -> Attempt<'_> {
         self.in_flight.increment(1.0);
         let lag = SystemTime::now()
             .duration_since(event_time)
@@ -302,7 +310,9 @@ impl HandlerMetrics {
 }
 
 /// A running handler attempt (see [`HandlerMetrics::attempt`]).
-pub(crate) struct Attempt<'a> {
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Attempt<'a> {
     metrics: &'a HandlerMetrics,
     started: tokio::time::Instant,
 }
@@ -554,7 +564,6 @@ mod tests {
 /// event gets a span id of its own; an event published while handling another continues that
 /// one's trace, so a trace follows a conversation across services.
 pub mod trace {
-    use crate::delivery::random_unit;
 
     /// A new trace: fresh trace id and span id, sampled.
     pub fn new_traceparent() -> String {
@@ -589,20 +598,7 @@ pub mod trace {
     }
 
     fn random_hex(bytes: usize) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(bytes * 2);
-        let (mut bits, mut nibbles) = (0u64, 0);
-        for _ in 0..bytes * 2 {
-            if nibbles == 0 {
-                // 52 random bits from the 53 of a unit draw: 13 hex digits.
-                bits = (random_unit() * (1u64 << 52) as f64) as u64;
-                nibbles = 13;
-            }
-            out.push(char::from(HEX[(bits & 0xf) as usize]));
-            bits >>= 4;
-            nibbles -= 1;
-        }
-        out
+        crate::random::hex(bytes)
     }
 
     #[cfg(test)]

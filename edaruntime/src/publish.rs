@@ -104,22 +104,25 @@ impl Publisher {
     where
         E: Event,
         I: IntoIterator<Item = &'a E>,
+        I::IntoIter: Send,
     {
         let source = self.app.service();
         let mut ids = Vec::new();
-        let mut batch = Vec::new();
-        for event in events {
+        let started = Instant::now();
+        let mut messages = events.into_iter().map(|event| {
             let message = outbound(event, PublishOptions::default(), source)?;
             ids.push(message.metadata.id.clone());
-            batch.push(message);
-        }
-        let started = Instant::now();
-        let count = batch.len() as u64;
-        self.app
+            Ok(message)
+        });
+        let result = self
+            .app
             .transport()
-            .publish_many(batch)
-            .instrument(tracing::info_span!("eda.publish", event = E::NAME, count))
-            .await?;
+            .publish_many(&mut messages)
+            .instrument(tracing::info_span!("eda.publish", event = E::NAME))
+            .await;
+        drop(messages);
+        let count = ids.len() as u64;
+        result?;
         PublishMetrics::of(E::NAME).stored(count, started.elapsed());
         Ok(ids)
     }

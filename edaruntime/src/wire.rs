@@ -50,8 +50,10 @@ pub(crate) fn encode(metadata: &Metadata) -> Vec<(&'static str, String)> {
 }
 
 /// Hands each header of an event's metadata to `put`, without collecting them first (the
-/// publish hot path writes them straight into the client's header map).
-pub(crate) fn encode_into(metadata: &Metadata, mut put: impl FnMut(&'static str, &str)) {
+/// publish hot path writes them straight into the client's header map). Public only for the
+/// micro-benchmarks (`benches/micro.rs`).
+#[doc(hidden)]
+pub fn encode_into(metadata: &Metadata, mut put: impl FnMut(&'static str, &str)) {
     put(MSG_ID, &metadata.id);
     put(EVENT, &metadata.name);
     put(VERSION, &metadata.version.to_string());
@@ -73,7 +75,9 @@ pub(crate) fn encode_into(metadata: &Metadata, mut put: impl FnMut(&'static str,
 /// name from the subject, version 1, and their id from `Nats-Msg-Id` or the stream sequence.
 /// The metadata is always built (a dead letter needs it); the error says why the message
 /// cannot be handled: headers naming another event than the subject, or a bad version.
-pub(crate) fn decode(
+/// Public only for the micro-benchmarks (`benches/micro.rs`).
+#[doc(hidden)]
+pub fn decode(
     subject_name: &str,
     header: &dyn Fn(&str) -> Option<String>,
     sequence: Option<u64>,
@@ -82,7 +86,7 @@ pub(crate) fn decode(
     let mut error = None;
     let id = header(MSG_ID)
         .or_else(|| sequence.map(|s| s.to_string()))
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        .unwrap_or_else(crate::random::uuid_v7);
     if let Some(claimed) = header(EVENT) {
         if claimed != subject_name {
             error = Some(DecodeError::Mismatch {

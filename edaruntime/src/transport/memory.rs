@@ -14,13 +14,17 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{Acknowledge, Outbound, Transport};
+use super::{Acknowledge, Outbound, OutboundStream, Transport};
 use crate::app::Signals;
 use crate::delivery::{DeadLetter, Delivery, HandlerRuntime};
 use crate::error::PublishError;
 use crate::event::{Metadata, RawEvent};
 use crate::handler::Start;
 use crate::idempotency::MemoryStore;
+
+/// Messages `publish_all` hands to the consumers' queues at once: few enough that handling
+/// starts while the rest are still being encoded.
+const PUBLISH_BATCH: usize = 64;
 
 /// How many published messages a broker keeps for `start = "all"` consumers and inspection.
 pub const DEFAULT_RETENTION: usize = 10_000;
@@ -366,13 +370,27 @@ impl DuplicateWindow {
 
 impl BrokerInner {
     fn publish(&self, message: Outbound) {
+        self.route(self.accept(message).as_slice());
+    }
+
+    /// Publishes in batches: one lock and one wake-up per consumer for a batch.
+    fn publish_batch(&self, messages: Vec<Outbound>) {
+        let stored: Vec<Arc<Stored>> = messages
+            .into_iter()
+            .filter_map(|message| self.accept(message))
+            .collect();
+        self.route(&stored);
+    }
+
+    /// Sequences and retains a message, unless it repeats an explicit id inside the window.
+    fn accept(&self, message: Outbound) -> Option<Arc<Stored>> {
         let Outbound {
             mut metadata,
             payload,
             explicit_id,
         } = message;
         if explicit_id && lock(&self.duplicates).is_repeat(&metadata.id) {
-            return;
+            return None;
         }
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         Arc::make_mut(&mut metadata).sequence = Some(sequence);
@@ -385,14 +403,28 @@ impl BrokerInner {
             }
             retained.push_back(Arc::clone(&stored));
         }
+        Some(stored)
+    }
+
+    /// Queues stored messages for every consumer whose pattern matches.
+    fn route(&self, stored: &[Arc<Stored>]) {
         let consumers = self
             .consumers
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         for consumer in consumers.iter() {
-            if subject_matches(&consumer.pattern, &stored.metadata.subject) {
-                self.activity.add(1);
-                consumer.push(Queued::first(Arc::clone(&stored)));
+            let matching = stored
+                .iter()
+                .filter(|m| subject_matches(&consumer.pattern, &m.metadata.subject));
+            let mut queue = lock(&consumer.queue);
+            let before = queue.len();
+            queue.extend(matching.map(|m| Queued::first(Arc::clone(m))));
+            let added = queue.len() - before;
+            drop(queue);
+            if added > 0 {
+                self.activity.add(added);
+                // Every waiting instance: a batch is work for more than one.
+                consumer.notify.notify_waiters();
             }
         }
     }
@@ -421,11 +453,29 @@ impl Transport for MemoryTransport {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish_many(&self, messages: Vec<Outbound>) -> BoxFuture<'_, Result<(), PublishError>> {
-        for message in messages {
-            self.inner.publish(message);
-        }
-        Box::pin(async { Ok(()) })
+    fn publish_many<'a>(
+        &'a self,
+        messages: &'a mut OutboundStream<'_>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+            for message in messages {
+                match message {
+                    Ok(message) => batch.push(message),
+                    Err(e) => {
+                        // As on a broker: what came before the failure is published.
+                        self.inner.publish_batch(batch);
+                        return Err(e);
+                    }
+                }
+                if batch.len() == PUBLISH_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(PUBLISH_BATCH));
+                    self.inner.publish_batch(full);
+                }
+            }
+            self.inner.publish_batch(batch);
+            Ok(())
+        })
     }
 
     fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), PublishError>> {

@@ -24,13 +24,22 @@ pub(crate) struct Outbound {
     pub(crate) explicit_id: bool,
 }
 
+/// Messages to publish, encoded one by one as they are taken.
+pub(crate) type OutboundStream<'a> =
+    dyn Iterator<Item = Result<Outbound, PublishError>> + Send + 'a;
+
 /// The publishing side of a transport.
 pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
     /// Stores one message; `Ok` once the broker confirmed it.
     fn publish(&self, message: Outbound) -> BoxFuture<'_, Result<(), PublishError>>;
 
-    /// Stores many messages with confirmations in flight together.
-    fn publish_many(&self, messages: Vec<Outbound>) -> BoxFuture<'_, Result<(), PublishError>>;
+    /// Stores many messages with confirmations in flight together. The messages are encoded
+    /// as the transport takes them, so encoding overlaps with the broker's work; the first
+    /// error (encoding or broker) ends the call.
+    fn publish_many<'a>(
+        &'a self,
+        messages: &'a mut OutboundStream<'_>,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
 
     /// Stores a dead letter; `Ok` once the broker confirmed it.
     fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), PublishError>>;
