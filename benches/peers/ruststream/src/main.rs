@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! eda-peer-ruststream --url nats://127.0.0.1:4222 --events 20000 --concurrency 64 --name t1
+//! eda-peer-ruststream --url nats://127.0.0.1:4222 --events 20000 --concurrency 64 --name t2 --eda-headers
 //! ```
 //!
 //! It creates the stream `PEER_<NAME>` (file storage) over `peer.<NAME>.order`, starts a
@@ -10,6 +11,10 @@
 //! and reports how long it took from the first publish until the `N`-th event was handled and
 //! acked. The last stdout line is `{"events":N,"seconds":S,"events_per_s":R}`; the stream is
 //! deleted before the program exits.
+//!
+//! With `--eda-headers` every event also carries the headers eda writes on a plain publish, with
+//! the same names and value sizes (see [`EdaHeaders`]): the run then tells the cost of eda's
+//! wire format from the cost of the framework around it.
 //!
 //! Exit codes: 0 on success, 1 on a runtime error or when the deadline passes, 2 on bad
 //! arguments.
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use futures::{StreamExt, TryStreamExt, stream};
-use ruststream::{Broker, ConnectedBroker};
+use ruststream::{Broker, ConnectedBroker, HeaderMap, Str};
 use ruststream_nats::prelude::*;
 use ruststream_nats::{ConnectedNatsBroker, JetStreamPublisher};
 use serde::{Deserialize, Serialize};
@@ -91,14 +96,16 @@ struct Args {
     events: u64,
     concurrency: NonZeroUsize,
     name: String,
+    eda_headers: bool,
 }
 
-const USAGE: &str =
-    "usage: eda-peer-ruststream --url nats://HOST:PORT --events N --concurrency C --name NAME";
+const USAGE: &str = "usage: eda-peer-ruststream --url nats://HOST:PORT --events N --concurrency C \
+                     --name NAME [--eda-headers]";
 
 impl Args {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
         let (mut url, mut events, mut concurrency, mut name) = (None, None, None, None);
+        let mut eda_headers = false;
         while let Some(flag) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
@@ -132,6 +139,7 @@ impl Args {
                     }
                     name = Some(text);
                 }
+                "--eda-headers" => eda_headers = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -140,6 +148,7 @@ impl Args {
             events: events.ok_or("--events is required")?,
             concurrency: concurrency.ok_or("--concurrency is required")?,
             name: name.ok_or("--name is required")?,
+            eda_headers,
         })
     }
 }
@@ -216,30 +225,144 @@ fn service(args: &Args, stream: &str, subject: &str, progress: Arc<Progress>) ->
     })
 }
 
+// ---- eda's headers, written by hand --------------------------------------------------------
+
+/// The headers eda's wire format puts on a plain publish besides `Nats-Msg-Id` (a UUID v7),
+/// with the same names and value sizes as eda's end-to-end scenario sends: `Eda-Event`
+/// (`bench.e2e`), `Eda-Version` (`1`), `Eda-Time` (RFC 3339, UTC, milliseconds: 24
+/// characters), `Eda-Source` (`bench-publisher`), `Eda-Correlation-Id` (the event id, as for
+/// any event that starts a conversation), `Eda-Schema` (a SHA-256 fingerprint, 64 hex digits)
+/// and a W3C `traceparent` (55 characters). `Eda-Causation-Id` is sent only by publishes from
+/// handlers, so not here. This crate does not depend on eda: the values are made here, per
+/// event, as eda makes them.
+///
+/// ruststream's header map keeps names in lowercase (`eda-event`): the same bytes on the wire.
+struct EdaHeaders {
+    /// Start of the run in Unix milliseconds: the time part of the ids.
+    millis: u64,
+    /// Mixed into the trace ids, so two runs do not send the same ones.
+    seed: u64,
+}
+
+/// Stands in for eda's schema fingerprint: only its size matters here.
+const SCHEMA_FINGERPRINT: &str = "ea87f6f3219d9814a2fe72e5248715870199a098ac6628809f1fc67ad07476be";
+
+impl EdaHeaders {
+    fn new() -> Self {
+        let now = now_ns();
+        Self {
+            millis: now / 1_000_000,
+            seed: splitmix64(now),
+        }
+    }
+
+    /// A UUID-v7-shaped id, 36 characters, unique in the run (event `id` in its last 48 bits).
+    fn event_id(&self, id: u64) -> String {
+        let random = splitmix64(self.seed ^ id);
+        format!(
+            "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+            (self.millis >> 16) & 0xffff_ffff,
+            self.millis & 0xffff,
+            random & 0xfff,
+            0x8000 | ((random >> 12) & 0x3fff),
+            id & 0xffff_ffff_ffff
+        )
+    }
+
+    fn headers(&self, id: u64, event_id: &str) -> HeaderMap {
+        let trace = splitmix64(self.seed.wrapping_add(id));
+        let mut headers = HeaderMap::with_capacity(7);
+        headers.insert(Str::from_static("eda-event"), "bench.e2e");
+        headers.insert(Str::from_static("eda-version"), "1");
+        headers.insert(
+            Str::from_static("eda-time"),
+            rfc3339_millis(Duration::from_nanos(now_ns())),
+        );
+        headers.insert(Str::from_static("eda-source"), "bench-publisher");
+        headers.insert(Str::from_static("eda-correlation-id"), event_id.to_owned());
+        headers.insert(Str::from_static("eda-schema"), SCHEMA_FINGERPRINT);
+        headers.insert(
+            Str::from_static("traceparent"),
+            format!(
+                "00-{trace:016x}{:016x}-{:016x}-01",
+                splitmix64(trace),
+                splitmix64(trace ^ self.seed)
+            ),
+        );
+        headers
+    }
+}
+
+/// A cheap, well-mixed 64-bit hash (splitmix64's finalizer): stands in for random digits.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A time since the Unix epoch as RFC 3339 in UTC with milliseconds, as eda's `Eda-Time`
+/// (`2025-01-31T12:00:00.123Z`); the date by Howard Hinnant's days-to-civil algorithm.
+fn rfc3339_millis(since_epoch: Duration) -> String {
+    let seconds = since_epoch.as_secs();
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    let shifted = days + 719_468; // days since 0000-03-01
+    let era = shifted / 146_097;
+    let day_of_era = shifted % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
 // ---- the run --------------------------------------------------------------------------------
 
-/// Publishes `count` events to `subject`, each with `Nats-Msg-Id` `<name>-<id>`, with at most
-/// `PUBLISH_WINDOW` awaiting their publish ack.
+/// Publishes `count` events to `subject`, each with `Nats-Msg-Id` `<name>-<id>` (or, with
+/// `eda`, a UUID-sized id and eda's other headers), with at most `PUBLISH_WINDOW` awaiting
+/// their publish ack.
 ///
 /// Through ruststream's own `JetStream` publisher: its `publish()` sends and then awaits the
 /// stream's ack, so `PUBLISH_WINDOW` of those futures driven at once is a pipeline with that
-/// many acks in flight.
+/// many acks in flight. Its builder carries a header map (`with_headers`) next to the message
+/// id, so eda's headers go through the same publisher.
 async fn publish_all(
     publisher: &JetStreamPublisher,
     subject: &str,
     name: &str,
     count: u64,
+    eda: Option<&EdaHeaders>,
 ) -> Result<(), BoxError> {
     stream::iter(0..count)
         .map(|id| async move {
             let order = BenchOrder::new(id);
-            publisher
-                .message(&order)
-                .to(subject)
-                .message_id(format!("{name}-{id}"))
-                .publish()
-                .await
-                .map_err(|err| format!("publish of event {id} failed: {err}"))
+            let message = publisher.message(&order).to(subject);
+            let published = match eda {
+                None => message.message_id(format!("{name}-{id}")).publish().await,
+                Some(eda) => {
+                    let event_id = eda.event_id(id);
+                    let headers = eda.headers(id, &event_id);
+                    message
+                        .message_id(event_id)
+                        .with_headers(headers)
+                        .publish()
+                        .await
+                }
+            };
+            published.map_err(|err| format!("publish of event {id} failed: {err}"))
         })
         .buffer_unordered(PUBLISH_WINDOW)
         .try_for_each(|()| async { Ok(()) })
@@ -270,7 +393,8 @@ async fn measure(
     let publisher = producer.publisher(JetStreamPublish::default());
     let started = Instant::now();
     let run = async {
-        publish_all(&publisher, subject, &args.name, args.events).await?;
+        let eda = args.eda_headers.then(EdaHeaders::new);
+        publish_all(&publisher, subject, &args.name, args.events, eda.as_ref()).await?;
         progress.finished.notified().await;
         let finished_at = progress.finished_at.get().copied();
         finished_at.ok_or_else(|| BoxError::from("woken before the last ack"))
@@ -370,5 +494,36 @@ async fn main() -> ExitCode {
             eprintln!("eda-peer-ruststream: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eda_header_values_have_eda_sizes() {
+        let eda = EdaHeaders::new();
+        let id = eda.event_id(12_345);
+        assert_eq!(id.len(), 36);
+        let headers = eda.headers(12_345, &id);
+        assert_eq!(headers.len(), 7);
+        assert_eq!(headers.get_str("eda-time").map(str::len), Some(24));
+        assert_eq!(headers.get_str("eda-schema").map(str::len), Some(64));
+        assert_eq!(headers.get_str("traceparent").map(str::len), Some(55));
+    }
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        assert_eq!(rfc3339_millis(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29T23:59:59.999Z: a leap day of a year divisible by 400.
+        assert_eq!(
+            rfc3339_millis(Duration::from_millis(951_868_799_999)),
+            "2000-02-29T23:59:59.999Z"
+        );
+        assert_eq!(
+            rfc3339_millis(Duration::from_millis(1_735_689_600_000)),
+            "2025-01-01T00:00:00.000Z"
+        );
     }
 }
