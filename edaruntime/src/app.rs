@@ -666,14 +666,23 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    /// Resolves once shutdown started (or the app is gone).
-    pub(crate) async fn draining(&mut self) {
-        let _ = self.rx.wait_for(|p| *p >= Phase::Draining).await;
+    /// Resolves once shutdown started (or the app is gone). The future owns its receiver:
+    /// a consume loop pins it once and polls it by reference, rather than registering a new
+    /// waiter for every message.
+    pub(crate) fn draining(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.phase(Phase::Draining)
     }
 
     /// Resolves once the shutdown deadline passed (or the app is gone).
-    pub(crate) async fn stopped(&mut self) {
-        let _ = self.rx.wait_for(|p| *p >= Phase::Stopped).await;
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.phase(Phase::Stopped)
+    }
+
+    fn phase(&self, phase: Phase) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.rx.clone();
+        async move {
+            let _ = rx.wait_for(|p| *p >= phase).await;
+        }
     }
 }
 

@@ -567,14 +567,30 @@ pub mod trace {
 
     /// A new trace: fresh trace id and span id, sampled.
     pub fn new_traceparent() -> String {
-        format!("00-{}-{}-01", random_hex(16), random_hex(8))
+        // Written in place: one allocation, no formatting machinery (it runs per publish).
+        let mut value = String::with_capacity(55);
+        value.push_str("00-");
+        crate::random::push_hex(&mut value, 16);
+        value.push('-');
+        crate::random::push_hex(&mut value, 8);
+        value.push_str("-01");
+        value
     }
 
     /// A child of `parent` (a `traceparent` value): same trace id and flags, a new span id.
     /// An unreadable parent starts a new trace.
     pub fn child_of(parent: Option<&str>) -> String {
         match parent.and_then(parse) {
-            Some((trace_id, flags)) => format!("00-{trace_id}-{}-{flags}", random_hex(8)),
+            Some((trace_id, flags)) => {
+                let mut value = String::with_capacity(55);
+                value.push_str("00-");
+                value.push_str(trace_id);
+                value.push('-');
+                crate::random::push_hex(&mut value, 8);
+                value.push('-');
+                value.push_str(flags);
+                value
+            }
             None => new_traceparent(),
         }
     }
@@ -595,10 +611,6 @@ pub mod trace {
             && hex(flags, 2)
             && trace_id.bytes().any(|b| b != b'0');
         valid.then_some((trace_id, flags))
-    }
-
-    fn random_hex(bytes: usize) -> String {
-        crate::random::hex(bytes)
     }
 
     #[cfg(test)]

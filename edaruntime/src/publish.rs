@@ -3,6 +3,7 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
@@ -177,7 +178,7 @@ pub(crate) fn outbound<E: Event>(
             }
         }
     }
-    let payload = serde_json::to_vec(event).map_err(PublishError::Encode)?;
+    let payload = to_json(event).map_err(PublishError::Encode)?;
     let mut metadata = Metadata::new(E::NAME, E::VERSION, source);
     let explicit_id = options.id.is_some();
     if let Some(id) = options.id {
@@ -195,6 +196,22 @@ pub(crate) fn outbound<E: Event>(
         payload: Bytes::from(payload),
         explicit_id,
     })
+}
+
+/// Serializes into a buffer sized like the payloads before it, so that serializing does not
+/// grow the buffer step by step (each step a reallocation and a copy).
+fn to_json<E: serde::Serialize>(event: &E) -> Result<Vec<u8>, serde_json::Error> {
+    static SIZE_HINT: AtomicUsize = AtomicUsize::new(256);
+    let hint = SIZE_HINT.load(Ordering::Relaxed);
+    let mut buffer = Vec::with_capacity(hint);
+    serde_json::to_writer(&mut buffer, event)?;
+    // Written only on a change of size class: publishers on several threads do not fight
+    // over the cache line.
+    let wanted = buffer.len().next_power_of_two().clamp(64, 64 * 1024);
+    if wanted != hint {
+        SIZE_HINT.store(wanted, Ordering::Relaxed);
+    }
+    Ok(buffer)
 }
 
 /// Fingerprints cost a schema generation and a hash: compute each type's once.

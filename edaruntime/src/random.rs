@@ -63,10 +63,10 @@ pub(crate) fn unit() -> f64 {
     (next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// `bytes` random bytes as lowercase hex.
-pub(crate) fn hex(bytes: usize) -> String {
+/// Appends `bytes` random bytes as lowercase hex to `out`.
+pub(crate) fn push_hex(out: &mut String, bytes: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes * 2);
+    out.reserve(bytes * 2);
     let mut bits = 0u64;
     for i in 0..bytes * 2 {
         if i % 16 == 0 {
@@ -75,7 +75,6 @@ pub(crate) fn hex(bytes: usize) -> String {
         out.push(char::from(HEX[(bits & 0xf) as usize]));
         bits >>= 4;
     }
-    out
 }
 
 /// A new event id: a UUID v7 (milliseconds since the epoch, then 74 random bits), hyphenated.
@@ -113,9 +112,14 @@ mod tests {
             let u = unit();
             assert!((0.0..1.0).contains(&u), "{u}");
         }
+        let hex = |bytes| {
+            let mut out = String::from("x");
+            push_hex(&mut out, bytes);
+            out
+        };
         let h = hex(16);
-        assert_eq!(h.len(), 32);
-        assert!(h.bytes().all(|c| c.is_ascii_hexdigit()), "{h}");
+        assert_eq!(h.len(), 33);
+        assert!(h[1..].bytes().all(|c| c.is_ascii_hexdigit()), "{h}");
         assert_ne!(hex(8), hex(8));
     }
 }

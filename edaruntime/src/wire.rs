@@ -77,21 +77,22 @@ pub fn encode_into(metadata: &Metadata, mut put: impl FnMut(&'static str, &str))
 /// cannot be handled: headers naming another event than the subject, or a bad version.
 /// Public only for the micro-benchmarks (`benches/micro.rs`).
 #[doc(hidden)]
-pub fn decode(
+pub fn decode<'h>(
     subject_name: &str,
-    header: &dyn Fn(&str) -> Option<String>,
+    header: &dyn Fn(&str) -> Option<&'h str>,
     sequence: Option<u64>,
     published: Option<SystemTime>,
 ) -> (Arc<Metadata>, Option<DecodeError>) {
     let mut error = None;
-    let id = header(MSG_ID)
+    let owned = |name: &str| header(name).map(str::to_owned);
+    let id = owned(MSG_ID)
         .or_else(|| sequence.map(|s| s.to_string()))
         .unwrap_or_else(crate::random::uuid_v7);
     if let Some(claimed) = header(EVENT) {
         if claimed != subject_name {
             error = Some(DecodeError::Mismatch {
                 expected: subject_name.to_owned(),
-                found: claimed,
+                found: claimed.to_owned(),
             });
         }
     }
@@ -102,27 +103,27 @@ pub fn decode(
             _ => {
                 error.get_or_insert(DecodeError::Header {
                     header: VERSION.to_owned(),
-                    value: text,
+                    value: text.to_owned(),
                 });
                 1
             }
         },
     };
     let time = header(TIME)
-        .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
         .or(published)
         .unwrap_or_else(SystemTime::now);
     let metadata = Metadata {
-        correlation_id: header(CORRELATION_ID).unwrap_or_else(|| id.clone()),
+        correlation_id: owned(CORRELATION_ID).unwrap_or_else(|| id.clone()),
         id,
         name: subject_name.to_owned(),
         version,
         time,
-        source: header(SOURCE).unwrap_or_default(),
-        causation_id: header(CAUSATION_ID),
+        source: owned(SOURCE).unwrap_or_default(),
+        causation_id: owned(CAUSATION_ID),
         subject: subject_name.to_owned(),
-        schema: header(SCHEMA),
-        traceparent: header(TRACEPARENT),
+        schema: owned(SCHEMA),
+        traceparent: owned(TRACEPARENT),
         sequence,
     };
     (Arc::new(metadata), error)
@@ -133,9 +134,8 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn lookup(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<&str, String> = pairs.into_iter().collect();
-        move |name| map.get(name).cloned()
+    fn lookup(pairs: Vec<(&'static str, String)>) -> HashMap<&'static str, String> {
+        pairs.into_iter().collect()
     }
 
     #[test]
@@ -143,7 +143,13 @@ mod tests {
         let mut original = Metadata::new("user.created", 2, "accounts");
         original.causation_id = Some("cause".into());
         original.schema = Some("abc".into());
-        let (decoded, error) = decode("user.created", &lookup(encode(&original)), Some(9), None);
+        let map = lookup(encode(&original));
+        let (decoded, error) = decode(
+            "user.created",
+            &|name| map.get(name).map(String::as_str),
+            Some(9),
+            None,
+        );
         assert!(error.is_none());
         assert_eq!(decoded.id, original.id);
         assert_eq!(decoded.version, 2);
@@ -171,9 +177,10 @@ mod tests {
 
     #[test]
     fn headers_claiming_another_event_are_a_decode_error() {
+        let map = lookup(vec![(EVENT, "user.deleted".into())]);
         let (_, error) = decode(
             "user.created",
-            &lookup(vec![(EVENT, "user.deleted".into())]),
+            &|name| map.get(name).map(String::as_str),
             None,
             None,
         );
@@ -184,9 +191,10 @@ mod tests {
                 found: "user.deleted".into()
             })
         );
+        let map = lookup(vec![(VERSION, "two".into())]);
         let (_, error) = decode(
             "user.created",
-            &lookup(vec![(VERSION, "two".into())]),
+            &|name| map.get(name).map(String::as_str),
             None,
             None,
         );

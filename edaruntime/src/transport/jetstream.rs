@@ -660,17 +660,19 @@ impl JetStream {
         self: Arc<Self>,
         runtime: Arc<HandlerRuntime>,
         consumer: consumer::PullConsumer,
-        mut signals: Signals,
+        signals: Signals,
     ) {
         let concurrency = runtime.descriptor.options.concurrency.max(1) as usize;
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut tasks = JoinSet::new();
         let batch = fetch_batch(runtime.descriptor.options.concurrency);
         let prefix = format!("{}.", self.settings.topology.subject_prefix);
+        let draining = signals.draining();
+        tokio::pin!(draining);
         'connect: loop {
             let opened = tokio::select! {
                 biased;
-                () = signals.draining() => break 'connect,
+                () = &mut draining => break 'connect,
                 opened = consumer
                     .stream()
                     .max_messages_per_batch(batch)
@@ -687,26 +689,29 @@ impl JetStream {
                     runtime.bound.store(false, Ordering::SeqCst);
                     tracing::warn!(consumer = %runtime.durable, error = %e, "cannot pull messages; retrying");
                     tokio::select! {
-                        () = signals.draining() => break 'connect,
+                        () = &mut draining => break 'connect,
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue 'connect,
                     }
                 }
             };
             loop {
-                let permit = tokio::select! {
-                    biased;
-                    () = signals.draining() => {
-                        release_buffered(&mut messages).await;
-                        break 'connect;
-                    }
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break 'connect,
+                let permit = match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => tokio::select! {
+                        biased;
+                        () = &mut draining => {
+                            release_buffered(&mut messages).await;
+                            break 'connect;
+                        }
+                        permit = Arc::clone(&permits).acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break 'connect,
+                        },
                     },
                 };
                 let next = tokio::select! {
                     biased;
-                    () = signals.draining() => {
+                    () = &mut draining => {
                         release_buffered(&mut messages).await;
                         break 'connect;
                     }
@@ -735,7 +740,7 @@ impl JetStream {
                             }
                         }
                         tokio::select! {
-                            () = signals.draining() => break 'connect,
+                            () = &mut draining => break 'connect,
                             () = tokio::time::sleep(Duration::from_millis(500)) => continue 'connect,
                         }
                     }
@@ -746,27 +751,20 @@ impl JetStream {
                 };
                 let runtime = Arc::clone(&runtime);
                 let ack_wait = self.settings.topology.ack_wait;
-                let mut task_signals = signals.clone();
                 tasks.spawn(async move {
                     let progress = ack.acker();
-                    let cut_off = ack.acker();
+                    let hand_back = HandBack(Some(ack.acker()));
                     tokio::select! {
                         biased;
                         () = runtime.deliver(delivery, ack, Some(permit)) => {}
                         () = keep_in_progress(progress, ack_wait) => {}
-                        // Past the shutdown deadline the handler is dropped and its message
-                        // handed back for another instance (a nak after an ack is ignored).
-                        () = task_signals.stopped() => {
-                            if let Err(e) = cut_off.ack_with(AckKind::Nak(None)).await {
-                                tracing::debug!(error = %e, "handing back a cut-off message failed; it returns after the ack wait");
-                            }
-                        }
                     }
+                    hand_back.disarm();
                 });
                 while tasks.try_join_next().is_some() {}
             }
         }
-        while tasks.join_next().await.is_some() {}
+        super::finish_in_flight(&mut tasks, signals.stopped()).await;
     }
 
     fn to_delivery(&self, message: jetstream::Message, prefix: &str) -> Option<(Delivery, JsAck)> {
@@ -783,16 +781,10 @@ impl JetStream {
         };
         let (delivered, sequence, published) = info;
         let subject = message.subject.as_str();
-        let name = subject.strip_prefix(prefix).unwrap_or(subject).to_owned();
-        let headers = message.headers.clone();
-        let lookup = move |key: &str| {
-            headers
-                .as_ref()
-                .and_then(|h| h.get(key))
-                .map(|v| v.as_str().to_owned())
-        };
-        let (metadata, header_error) =
-            wire::decode(&name, &lookup, Some(sequence), Some(published));
+        let name = subject.strip_prefix(prefix).unwrap_or(subject);
+        let headers = message.headers.as_ref();
+        let lookup = |key: &str| headers.and_then(|h| h.get(key)).map(|v| v.as_str());
+        let (metadata, header_error) = wire::decode(name, &lookup, Some(sequence), Some(published));
         let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
         let raw = RawEvent::new(metadata, message.payload.clone(), attempt);
         let delivery = Delivery {
@@ -806,6 +798,31 @@ impl JetStream {
             lost_acks: Arc::clone(&self.lost_acks),
         };
         Some((delivery, ack))
+    }
+}
+
+/// Naks a message whose handler was dropped unfinished (past the shutdown deadline), so that
+/// another instance takes it now rather than after the ack wait. A nak after an ack is
+/// ignored by the server.
+struct HandBack(Option<jetstream::message::Acker>);
+
+impl HandBack {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for HandBack {
+    fn drop(&mut self) {
+        let Some(acker) = self.0.take() else { return };
+        // Without a runtime (it is shutting down) the message returns after the ack wait.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = acker.ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(error = %e, "handing back a cut-off message failed; it returns after the ack wait");
+                }
+            });
+        }
     }
 }
 
@@ -1004,13 +1021,14 @@ impl Transport for JetStreamTransport {
 /// A dead letter as stored on the dead-letter stream; `None` for messages eda did not write.
 fn dead_letter_from(message: jetstream::Message, prefix: &str) -> Option<DeadLetter> {
     let headers = message.headers.as_ref()?;
-    let header = |key: &str| headers.get(key).map(|v| v.as_str().to_owned());
-    let original_subject = header(wire::ORIGINAL_SUBJECT)?;
+    let borrowed = |key: &str| headers.get(key).map(|v| v.as_str());
+    let header = |key: &str| borrowed(key).map(str::to_owned);
+    let original_subject = borrowed(wire::ORIGINAL_SUBJECT)?;
     let name = original_subject
         .strip_prefix(prefix)
-        .unwrap_or(&original_subject);
-    let sequence = header(wire::ORIGINAL_SEQ).and_then(|s| s.parse().ok());
-    let (metadata, _) = wire::decode(name, &header, sequence, None);
+        .unwrap_or(original_subject);
+    let sequence = borrowed(wire::ORIGINAL_SEQ).and_then(|s| s.parse().ok());
+    let (metadata, _) = wire::decode(name, &borrowed, sequence, None);
     let mut metadata = Arc::unwrap_or_clone(metadata);
     if let Some(id) = header(wire::ORIGINAL_ID) {
         metadata.id = id;

@@ -175,24 +175,30 @@ impl MemoryBroker {
         &self,
         runtime: Arc<HandlerRuntime>,
         consumer: Arc<MemoryConsumer>,
-        mut signals: Signals,
+        signals: Signals,
     ) {
         let concurrency = runtime.descriptor.options.concurrency.max(1) as usize;
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut tasks = JoinSet::new();
         runtime.bound.store(true, Ordering::SeqCst);
+        let draining = signals.draining();
+        let stopped = signals.stopped();
+        tokio::pin!(draining, stopped);
         loop {
-            let permit = tokio::select! {
-                biased;
-                () = signals.draining() => break,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => tokio::select! {
+                    biased;
+                    () = &mut draining => break,
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
                 },
             };
             let queued = tokio::select! {
                 biased;
-                () = signals.draining() => break,
+                () = &mut draining => break,
                 queued = consumer.next() => queued,
             };
             let ack = MemoryAck {
@@ -209,24 +215,20 @@ impl MemoryBroker {
                 redelivered: queued.deliveries > 1,
                 header_error: None,
             };
-            let runtime = Arc::clone(&runtime);
-            let mut task_signals = signals.clone();
-            let work = async move {
+            if concurrency == 1 {
                 // Past the shutdown deadline the handler is dropped: its unsettled ack requeues.
                 tokio::select! {
                     biased;
                     () = runtime.deliver(delivery, ack, Some(permit)) => {}
-                    () = task_signals.stopped() => {}
+                    () = &mut stopped => break,
                 }
-            };
-            if concurrency == 1 {
-                work.await;
             } else {
-                tasks.spawn(work);
+                let runtime = Arc::clone(&runtime);
+                tasks.spawn(async move { runtime.deliver(delivery, ack, Some(permit)).await });
                 while tasks.try_join_next().is_some() {}
             }
         }
-        while tasks.join_next().await.is_some() {}
+        super::finish_in_flight(&mut tasks, signals.stopped()).await;
         // A wake-up this worker took but did not use belongs to another instance.
         consumer.notify.notify_one();
     }

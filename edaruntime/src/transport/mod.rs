@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use tokio::task::JoinSet;
 
 use crate::delivery::DeadLetter;
 use crate::error::PublishError;
@@ -53,4 +54,24 @@ pub(crate) trait Acknowledge: Send {
     fn nak(self, delay: Duration) -> impl std::future::Future<Output = ()> + Send;
     /// Never deliver again (after dead-lettering).
     fn term(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Waits for a consume loop's spawned handlers after it stopped taking messages. Past the
+/// shutdown deadline (`stopped`) the rest are dropped, which hands their messages back (an
+/// unsettled ack does that when dropped). One wait per loop, rather than a stop signal
+/// watched by every message.
+pub(crate) async fn finish_in_flight(
+    tasks: &mut JoinSet<()>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            biased;
+            next = tasks.join_next() => if next.is_none() { return },
+            () = &mut stopped => break,
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
 }
