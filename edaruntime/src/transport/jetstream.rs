@@ -43,7 +43,7 @@ pub(crate) struct JetStream {
     replicas: usize,
     connected: Arc<AtomicBool>,
     reconnects: Arc<AtomicU64>,
-    lost_acks: Arc<AtomicU32>,
+    acks: Arc<AckSender>,
 }
 
 impl fmt::Debug for JetStream {
@@ -167,13 +167,17 @@ impl JetStream {
             .timeout(settings.publish_timeout)
             .build(client.clone());
         Ok(JetStream {
+            acks: Arc::new(AckSender {
+                client: client.clone(),
+                context: context.clone(),
+                lost_acks: AtomicU32::new(0),
+            }),
             client,
             context,
             settings: settings.clone(),
             replicas,
             connected,
             reconnects,
-            lost_acks: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -515,7 +519,7 @@ impl JetStream {
     /// Fault injection for tests: the next `count` acks are not sent, as if the process died
     /// between recording its work and acking; the broker redelivers after the ack wait.
     pub(crate) fn lose_next_acks(&self, count: u32) {
-        self.lost_acks.store(count, Ordering::SeqCst);
+        self.acks.lost_acks.store(count, Ordering::SeqCst);
     }
 
     /// The last sequence of the event and dead-letter streams (to tell when traffic stopped).
@@ -752,8 +756,8 @@ impl JetStream {
                 let runtime = Arc::clone(&runtime);
                 let ack_wait = self.settings.topology.ack_wait;
                 tasks.spawn(async move {
-                    let progress = ack.acker();
-                    let hand_back = HandBack(Some(ack.acker()));
+                    let progress = ack.clone();
+                    let hand_back = HandBack(Some(ack.clone()));
                     tokio::select! {
                         biased;
                         () = runtime.deliver(delivery, ack, Some(permit)) => {}
@@ -794,8 +798,7 @@ impl JetStream {
         };
         let ack = JsAck {
             reply: message.reply.clone(),
-            context: self.context.clone(),
-            lost_acks: Arc::clone(&self.lost_acks),
+            sender: Arc::clone(&self.acks),
         };
         Some((delivery, ack))
     }
@@ -804,7 +807,7 @@ impl JetStream {
 /// Naks a message whose handler was dropped unfinished (past the shutdown deadline), so that
 /// another instance takes it now rather than after the ack wait. A nak after an ack is
 /// ignored by the server.
-struct HandBack(Option<jetstream::message::Acker>);
+struct HandBack(Option<JsAck>);
 
 impl HandBack {
     fn disarm(mut self) {
@@ -814,11 +817,11 @@ impl HandBack {
 
 impl Drop for HandBack {
     fn drop(&mut self) {
-        let Some(acker) = self.0.take() else { return };
+        let Some(ack) = self.0.take() else { return };
         // Without a runtime (it is shutting down) the message returns after the ack wait.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = acker.ack_with(AckKind::Nak(None)).await {
+                if let Err(e) = ack.send(AckKind::Nak(None)).await {
                     tracing::debug!(error = %e, "handing back a cut-off message failed; it returns after the ack wait");
                 }
             });
@@ -838,12 +841,12 @@ async fn release_buffered(messages: &mut consumer::pull::Stream) {
 
 /// Sends in-progress acks every third of the ack wait while a handler runs, so the broker
 /// does not redeliver a message that is still being worked on.
-async fn keep_in_progress(acker: jetstream::message::Acker, ack_wait: Duration) {
+async fn keep_in_progress(ack: JsAck, ack_wait: Duration) {
     let period = (ack_wait / 3).max(Duration::from_millis(100));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         ticks.tick().await;
-        if let Err(e) = acker.ack_with(AckKind::Progress).await {
+        if let Err(e) = ack.send(AckKind::Progress).await {
             tracing::debug!(error = %e, "in-progress ack failed");
         }
     }
@@ -1067,22 +1070,39 @@ fn header_safe(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }
 
+/// What the acks of every message of one connection share (one `Arc` per message: cloning a
+/// JetStream context, as `Acker` needs, allocates).
+struct AckSender {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    /// Fault injection for tests: acks still to lose.
+    lost_acks: AtomicU32,
+}
+
 /// Acks one JetStream message.
+#[derive(Clone)]
 struct JsAck {
     reply: Option<async_nats::Subject>,
-    context: jetstream::Context,
-    lost_acks: Arc<AtomicU32>,
+    sender: Arc<AckSender>,
 }
 
 impl JsAck {
-    fn acker(&self) -> jetstream::message::Acker {
-        jetstream::message::Acker::new(self.context.clone(), self.reply.clone())
+    /// Sends `kind` on the message's reply subject without waiting for the server (as
+    /// async-nats' own `ack_with` does).
+    async fn send(&self, kind: AckKind) -> Result<(), async_nats::Error> {
+        let reply = self
+            .reply
+            .clone()
+            .ok_or("not a JetStream message: it has no reply subject")?;
+        self.sender.client.publish(reply, kind.into()).await?;
+        Ok(())
     }
 }
 
 impl Acknowledge for JsAck {
     async fn ack(self) {
         let lost = self
+            .sender
             .lost_acks
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
@@ -1091,20 +1111,21 @@ impl Acknowledge for JsAck {
         }
         // A lost ack means a redelivery, which idempotency absorbs: no need to wait for the
         // server's confirmation on the hot path.
-        if let Err(e) = self.acker().ack().await {
+        if let Err(e) = self.send(AckKind::Ack).await {
             tracing::warn!(error = %e, "ack failed; the message will be redelivered");
         }
     }
 
     async fn nak(self, delay: Duration) {
-        if let Err(e) = self.acker().ack_with(AckKind::Nak(Some(delay))).await {
+        if let Err(e) = self.send(AckKind::Nak(Some(delay))).await {
             tracing::warn!(error = %e, "nak failed; the message will be redelivered after the ack wait");
         }
     }
 
     async fn term(self) {
         // Confirmed by the server: the dead letter is stored, the original must stop.
-        if let Err(e) = self.acker().double_ack_with(AckKind::Term).await {
+        let acker = jetstream::message::Acker::new(self.sender.context.clone(), self.reply);
+        if let Err(e) = acker.double_ack_with(AckKind::Term).await {
             tracing::warn!(error = %e, "terminating a dead-lettered message was not confirmed; a redelivery will dead-letter it again (deduplicated)");
         }
     }
