@@ -997,7 +997,7 @@ async fn main() -> Result<(), BoxError> {
         },
         Peer {
             name: "ruststream_h",
-            label: "ruststream, with eda's 9 headers",
+            label: "ruststream, with eda's headers",
             variable: "EDA_BENCH_RUSTSTREAM",
             count: counts.end_to_end,
             args: &["--eda-headers"],
@@ -1157,10 +1157,10 @@ async fn main() -> Result<(), BoxError> {
         ));
     }
     let wide_names = [
-        "publish, raw with eda's 9 headers",
-        "end to end (off), raw with eda's 9 headers",
-        "end to end, idempotent (KV create), raw with eda's 9 headers",
-        "sequential publish, raw with eda's 9 headers",
+        "publish, raw with eda's headers",
+        "end to end (off), raw with eda's headers",
+        "end to end, idempotent (KV create), raw with eda's headers",
+        "sequential publish, raw with eda's headers",
     ];
     for (i, name) in wide_names.iter().enumerate() {
         report.push_str(&format!(
@@ -1255,7 +1255,7 @@ Findings:
 
 - Publish, end to end and sequential publish: eda's messages carry the headers of DESIGN.md
   section 4 (a plain publish sends 8 of the 9, all but `Eda-Causation-Id`; their bytes are in
-  the line under the table); the baseline sends one. The rows 'raw with eda's 9 headers' run
+  the line under the table); the baseline sends one. The rows 'raw with eda's headers' run
   the same hand-written program with eda's headers (names, values and sizes as eda writes
   them), for each of the four scenarios: what is left between them and eda is the
   framework's own cost, the rest is the wire format (the nats-server process, storing and
@@ -1269,7 +1269,7 @@ Findings:
   hand) is the ceiling of any in-process transport of these JSON events on this machine; a
   million events/s through a handler is above it.
 - Peers: ruststream-nats sends only `Nats-Msg-Id` and pulls in batches of 200; the row
-  'ruststream, with eda's 9 headers' runs the same peer with eda's headers (same names and
+  'ruststream, with eda's headers' runs the same peer with eda's headers (same names and
   value sizes, written by hand in the peer and sent through ruststream's own publisher), so
   eda / that row compares the two frameworks with the same bytes on the wire. FastStream
   runs its publisher and consumer on one Python event loop (one core).

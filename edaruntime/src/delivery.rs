@@ -283,12 +283,15 @@ impl HandlerRuntime {
     /// Processes one delivered message end to end and settles it with the broker. `permit`
     /// (a concurrency slot) is released as soon as the handler returned, so that recording the
     /// id and acking overlap with the next message's handler.
-    pub(crate) async fn deliver<A: Acknowledge>(
-        &self,
+    ///
+    /// Not an `async fn` itself: a wrapper future would hold its arguments next to the inner
+    /// future holding them too, and every message's task would be that much larger.
+    pub(crate) fn deliver<'a, A: Acknowledge + 'a>(
+        &'a self,
         delivery: Delivery,
         ack: A,
         permit: Option<OwnedSemaphorePermit>,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
         let metadata = delivery.raw.metadata();
         let span = tracing::info_span!(
             "eda.handle",
@@ -300,9 +303,7 @@ impl HandlerRuntime {
             correlation_id = %metadata.correlation_id,
             trace_id = metadata.traceparent.as_deref().and_then(observe::trace::trace_id),
         );
-        self.deliver_inner(delivery, ack, permit)
-            .instrument(span)
-            .await
+        self.deliver_inner(delivery, ack, permit).instrument(span)
     }
 
     async fn deliver_inner<A: Acknowledge>(
@@ -312,7 +313,6 @@ impl HandlerRuntime {
         permit: Option<OwnedSemaphorePermit>,
     ) {
         let raw = delivery.raw.clone();
-        let attempt = raw.attempt();
         let event = raw.metadata().name.as_str();
         let decision = self.process(delivery, permit).await;
         match decision {
@@ -326,40 +326,56 @@ impl HandlerRuntime {
                 self.metrics.handled(event, observe::Outcome::Duplicate);
                 ack.ack().await;
             }
+            // The failure paths run in futures of their own (boxed): kept inline, their
+            // states (a dead-letter publish, a confirmed term) would make every message's
+            // task several times larger, and spawning it copy that much.
             Decision::Retry { delay, error } => {
                 tracing::warn!(error = %error, delay = ?delay, "handler failed; will retry");
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
                 self.metrics.handled(event, observe::Outcome::Retry);
-                ack.nak(delay).await;
+                Box::pin(ack.nak(delay)).await;
             }
             Decision::DeadLetter { reason, error } => {
-                let letter = DeadLetter {
-                    subject: self.dlq_subject.clone(),
-                    service: self.service.to_string(),
-                    handler: self.descriptor.name.to_owned(),
-                    reason,
-                    error: error.clone(),
-                    attempts: attempt,
-                    metadata: Arc::clone(raw.metadata_arc()),
-                    payload: raw.payload_bytes().clone(),
-                };
-                match self.transport.dead_letter(letter).await {
-                    Ok(()) => {
-                        tracing::error!(reason = %reason, error = %error, "dead-lettered");
-                        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.handled(event, observe::Outcome::DeadLetter);
-                        self.metrics.dead_lettered(reason);
-                        ack.term().await;
-                    }
-                    Err(dlq_error) => {
-                        let delay = backoff_delay(&self.options().backoff, attempt, random_unit());
-                        tracing::error!(reason = %reason, error = %error, dlq_error = %dlq_error, delay = ?delay,
-                            "cannot store the dead letter; will redeliver");
-                        self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.handled(event, observe::Outcome::Retry);
-                        ack.nak(delay).await;
-                    }
-                }
+                Box::pin(self.dead_letter(&raw, reason, error, ack)).await;
+            }
+        }
+    }
+
+    /// Stores a dead letter, then terminates the original; naks it if the store fails.
+    async fn dead_letter<A: Acknowledge>(
+        &self,
+        raw: &RawEvent,
+        reason: DlqReason,
+        error: String,
+        ack: A,
+    ) {
+        let attempt = raw.attempt();
+        let event = raw.metadata().name.as_str();
+        let letter = DeadLetter {
+            subject: self.dlq_subject.clone(),
+            service: self.service.to_string(),
+            handler: self.descriptor.name.to_owned(),
+            reason,
+            error: error.clone(),
+            attempts: attempt,
+            metadata: Arc::clone(raw.metadata_arc()),
+            payload: raw.payload_bytes().clone(),
+        };
+        match self.transport.dead_letter(letter).await {
+            Ok(()) => {
+                tracing::error!(reason = %reason, error = %error, "dead-lettered");
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.handled(event, observe::Outcome::DeadLetter);
+                self.metrics.dead_lettered(reason);
+                ack.term().await;
+            }
+            Err(dlq_error) => {
+                let delay = backoff_delay(&self.options().backoff, attempt, random_unit());
+                tracing::error!(reason = %reason, error = %error, dlq_error = %dlq_error, delay = ?delay,
+                    "cannot store the dead letter; will redeliver");
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                self.metrics.handled(event, observe::Outcome::Retry);
+                ack.nak(delay).await;
             }
         }
     }

@@ -180,6 +180,8 @@ pub struct HandlerMetrics {
     service: Arc<str>,
     handler: &'static str,
     by_event: RwLock<HashMap<Arc<str>, Arc<OutcomeCounters>>>,
+    /// A typed handler's one event and its counters: counted without a lock or a lookup.
+    typed: Option<(&'static str, Arc<OutcomeCounters>)>,
     duration: Histogram,
     lag: Histogram,
     in_flight: Gauge,
@@ -208,10 +210,11 @@ impl HandlerMetrics {
             (label::SERVICE, service.to_string()),
             (label::HANDLER, handler.to_owned()),
         ];
-        let metrics = HandlerMetrics {
+        let mut metrics = HandlerMetrics {
             service: Arc::clone(service),
             handler,
             by_event: RwLock::default(),
+            typed: None,
             duration: metrics::histogram!(HANDLER_DURATION, &labels),
             lag: metrics::histogram!(EVENT_LAG, &labels),
             in_flight: metrics::gauge!(HANDLERS_IN_FLIGHT, &labels),
@@ -231,7 +234,7 @@ impl HandlerMetrics {
         if let Some(event) = event {
             // Typed handlers see one event name: register its series up front, so they
             // show as 0 before the first message.
-            metrics.outcomes(event);
+            metrics.typed = Some((event, metrics.outcomes(event)));
         }
         metrics
     }
@@ -278,7 +281,10 @@ impl HandlerMetrics {
     /// Counts one message's outcome.
     pub fn handled(&self, event: &str, outcome: Outcome) {
         let index = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
-        self.outcomes(event).0[index].increment(1);
+        match &self.typed {
+            Some((name, counters)) if *name == event => counters.0[index].increment(1),
+            _ => self.outcomes(event).0[index].increment(1),
+        }
     }
 
     /// Counts a stored dead letter.

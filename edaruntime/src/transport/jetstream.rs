@@ -755,7 +755,7 @@ impl JetStream {
                 };
                 let runtime = Arc::clone(&runtime);
                 let ack_wait = self.settings.topology.ack_wait;
-                tasks.spawn(async move {
+                let work = async move {
                     let progress = ack.clone();
                     let hand_back = HandBack(Some(ack.clone()));
                     tokio::select! {
@@ -764,7 +764,8 @@ impl JetStream {
                         () = keep_in_progress(progress, ack_wait) => {}
                     }
                     hand_back.disarm();
-                });
+                };
+                tasks.spawn(work);
                 while tasks.try_join_next().is_some() {}
             }
         }
@@ -846,7 +847,9 @@ async fn keep_in_progress(ack: JsAck, ack_wait: Duration) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         ticks.tick().await;
-        if let Err(e) = ack.send(AckKind::Progress).await {
+        // Boxed: the client's publish future is large, and this one is part of every
+        // message's task while it is sent only for long handlers.
+        if let Err(e) = Box::pin(ack.send(AckKind::Progress)).await {
             tracing::debug!(error = %e, "in-progress ack failed");
         }
     }
