@@ -211,6 +211,11 @@ fn to_json<E: serde::Serialize>(event: &E) -> Result<Vec<u8>, serde_json::Error>
     if wanted != hint {
         SIZE_HINT.store(wanted, Ordering::Relaxed);
     }
+    // A small event after large ones (the hint is shared by every type) must not keep the
+    // large buffer: the in-memory broker retains payloads.
+    if buffer.capacity() > 2 * buffer.len() + 64 {
+        buffer.shrink_to_fit();
+    }
     Ok(buffer)
 }
 

@@ -3,7 +3,7 @@
 //! [`crate::delivery`]; this module only carries bytes, acks and naks.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -673,6 +673,7 @@ impl JetStream {
         let prefix = format!("{}.", self.settings.topology.subject_prefix);
         let draining = signals.draining();
         tokio::pin!(draining);
+        let hand_backs = Arc::new(HandBacks::default());
         'connect: loop {
             let opened = tokio::select! {
                 biased;
@@ -755,9 +756,13 @@ impl JetStream {
                 };
                 let runtime = Arc::clone(&runtime);
                 let ack_wait = self.settings.topology.ack_wait;
+                // Made before the task: a task aborted before its first poll hands back too.
+                let hand_back = HandBack {
+                    ack: Some(ack.clone()),
+                    sending: Arc::clone(&hand_backs),
+                };
                 let work = async move {
                     let progress = ack.clone();
-                    let hand_back = HandBack(Some(ack.clone()));
                     tokio::select! {
                         biased;
                         () = runtime.deliver(delivery, ack, Some(permit)) => {}
@@ -770,6 +775,15 @@ impl JetStream {
             }
         }
         super::finish_in_flight(&mut tasks, signals.stopped()).await;
+        // The naks of cut-off handlers go out before the app closes the connection.
+        if tokio::time::timeout(Duration::from_secs(5), hand_backs.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                "handing back cut-off messages timed out; they return after the ack wait"
+            );
+        }
     }
 
     fn to_delivery(&self, message: jetstream::Message, prefix: &str) -> Option<(Delivery, JsAck)> {
@@ -807,25 +821,55 @@ impl JetStream {
 
 /// Naks a message whose handler was dropped unfinished (past the shutdown deadline), so that
 /// another instance takes it now rather than after the ack wait. A nak after an ack is
-/// ignored by the server.
-struct HandBack(Option<JsAck>);
+/// ignored by the server. It also fires when a task unwinds from a panic outside the handler
+/// (handler panics are caught): the message comes back at once, as in memory.
+struct HandBack {
+    ack: Option<JsAck>,
+    sending: Arc<HandBacks>,
+}
 
 impl HandBack {
     fn disarm(mut self) {
-        self.0 = None;
+        self.ack = None;
     }
 }
 
 impl Drop for HandBack {
     fn drop(&mut self) {
-        let Some(ack) = self.0.take() else { return };
+        let Some(ack) = self.ack.take() else { return };
         // Without a runtime (it is shutting down) the message returns after the ack wait.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let sending = Arc::clone(&self.sending);
+            sending.count.fetch_add(1, Ordering::SeqCst);
             runtime.spawn(async move {
                 if let Err(e) = ack.send(AckKind::Nak(None)).await {
                     tracing::debug!(error = %e, "handing back a cut-off message failed; it returns after the ack wait");
                 }
+                if sending.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    sending.sent.notify_waiters();
+                }
             });
+        }
+    }
+}
+
+/// Hand-back naks of one consume loop still being sent.
+#[derive(Default)]
+struct HandBacks {
+    count: AtomicUsize,
+    sent: tokio::sync::Notify,
+}
+
+impl HandBacks {
+    async fn wait(&self) {
+        loop {
+            let sent = self.sent.notified();
+            tokio::pin!(sent);
+            sent.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            sent.await;
         }
     }
 }

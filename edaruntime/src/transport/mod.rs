@@ -57,9 +57,9 @@ pub(crate) trait Acknowledge: Send {
 }
 
 /// Waits for a consume loop's spawned handlers after it stopped taking messages. Past the
-/// shutdown deadline (`stopped`) the rest are dropped, which hands their messages back (an
-/// unsettled ack does that when dropped). One wait per loop, rather than a stop signal
-/// watched by every message.
+/// shutdown deadline (`stopped`) the rest are dropped, which hands their messages back (the
+/// in-memory ack requeues when dropped unsettled; on JetStream a guard in the task naks).
+/// One wait per loop, rather than a stop signal watched by every message.
 pub(crate) async fn finish_in_flight(
     tasks: &mut JoinSet<()>,
     stopped: impl std::future::Future<Output = ()>,
