@@ -219,13 +219,22 @@ impl Raw {
             ..Default::default()
         })
         .await?;
-        let kv = js
-            .create_key_value(jetstream::kv::Config {
-                bucket: "RAW_PROCESSED".into(),
-                max_age: Duration::from_secs(3600),
-                ..Default::default()
-            })
-            .await?;
+        // The bucket's stream made directly, with the key-value conventions: async-nats'
+        // `create_key_value` first asks for account info in a shape nats-server 2.9 does not
+        // send (a user of 2.9 has to do the same).
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: "KV_RAW_PROCESSED".into(),
+            subjects: vec!["$KV.RAW_PROCESSED.>".into()],
+            max_messages_per_subject: 1,
+            max_age: Duration::from_secs(3600),
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+        let kv = js.get_key_value("RAW_PROCESSED").await?;
         Ok(Raw {
             js,
             kv,
