@@ -3,7 +3,7 @@
 //! [`crate::delivery`]; this module only carries bytes, acks and naks.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Acknowledge, Outbound, OutboundStream, Transport};
+use super::{Acknowledge, Outbound, OutboundStream, Outstanding, Transport};
 use crate::app::Signals;
 use crate::config::{NatsAuth, NatsSettings};
 use crate::delivery::{DeadLetter, Delivery, DlqReason, HandlerRuntime};
@@ -673,7 +673,8 @@ impl JetStream {
         let prefix = format!("{}.", self.settings.topology.subject_prefix);
         let draining = signals.draining();
         tokio::pin!(draining);
-        let hand_backs = Arc::new(HandBacks::default());
+        // Hand-back naks still being sent.
+        let hand_backs = Arc::new(Outstanding::default());
         'connect: loop {
             let opened = tokio::select! {
                 biased;
@@ -776,7 +777,7 @@ impl JetStream {
         }
         super::finish_in_flight(&mut tasks, signals.stopped()).await;
         // The naks of cut-off handlers go out before the app closes the connection.
-        if tokio::time::timeout(Duration::from_secs(5), hand_backs.wait())
+        if tokio::time::timeout(Duration::from_secs(5), hand_backs.wait_zero())
             .await
             .is_err()
         {
@@ -825,7 +826,7 @@ impl JetStream {
 /// (handler panics are caught): the message comes back at once, as in memory.
 struct HandBack {
     ack: Option<JsAck>,
-    sending: Arc<HandBacks>,
+    sending: Arc<Outstanding>,
 }
 
 impl HandBack {
@@ -840,36 +841,13 @@ impl Drop for HandBack {
         // Without a runtime (it is shutting down) the message returns after the ack wait.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let sending = Arc::clone(&self.sending);
-            sending.count.fetch_add(1, Ordering::SeqCst);
+            sending.add(1);
             runtime.spawn(async move {
                 if let Err(e) = ack.send(AckKind::Nak(None)).await {
                     tracing::debug!(error = %e, "handing back a cut-off message failed; it returns after the ack wait");
                 }
-                if sending.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    sending.sent.notify_waiters();
-                }
+                sending.done();
             });
-        }
-    }
-}
-
-/// Hand-back naks of one consume loop still being sent.
-#[derive(Default)]
-struct HandBacks {
-    count: AtomicUsize,
-    sent: tokio::sync::Notify,
-}
-
-impl HandBacks {
-    async fn wait(&self) {
-        loop {
-            let sent = self.sent.notified();
-            tokio::pin!(sent);
-            sent.as_mut().enable();
-            if self.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            sent.await;
         }
     }
 }

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{Acknowledge, Outbound, OutboundStream, Transport};
+use super::{Acknowledge, Outbound, OutboundStream, Outstanding, Transport};
 use crate::app::Signals;
 use crate::delivery::{DeadLetter, Delivery, HandlerRuntime};
 use crate::error::PublishError;
@@ -56,7 +56,8 @@ struct BrokerInner {
     duplicates: Mutex<DuplicateWindow>,
     dead_letters: Mutex<Vec<DeadLetter>>,
     store: Arc<MemoryStore>,
-    activity: Activity,
+    /// Messages queued, in flight or waiting for a retry, so tests can wait for quiet.
+    activity: Outstanding,
     lost_acks: AtomicU32,
 }
 
@@ -70,7 +71,7 @@ impl Default for BrokerInner {
             duplicates: Mutex::new(DuplicateWindow::new(DEFAULT_DUPLICATE_WINDOW)),
             dead_letters: Mutex::default(),
             store: Arc::new(MemoryStore::default()),
-            activity: Activity::default(),
+            activity: Outstanding::default(),
             lost_acks: AtomicU32::new(0),
         }
     }
@@ -118,7 +119,7 @@ impl MemoryBroker {
 
     /// Resolves once no message is queued, in flight or waiting for a retry.
     pub async fn wait_idle(&self) {
-        self.inner.activity.wait_idle().await;
+        self.inner.activity.wait_zero().await;
     }
 
     /// Fault injection for tests: the next `count` acks are lost, as if the process died
@@ -238,10 +239,7 @@ impl fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryBroker")
             .field("published", &self.inner.sequence.load(Ordering::Relaxed))
-            .field(
-                "outstanding",
-                &self.inner.activity.outstanding.load(Ordering::Relaxed),
-            )
+            .field("outstanding", &self.inner.activity.count())
             .finish()
     }
 }
@@ -293,37 +291,6 @@ impl MemoryConsumer {
             let notified = self.notify.notified();
             if let Some(queued) = lock(&self.queue).pop_front() {
                 return queued;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Counts messages queued, in flight or waiting for a retry, so tests can wait for quiet.
-#[derive(Debug, Default)]
-struct Activity {
-    outstanding: AtomicUsize,
-    idle: Notify,
-}
-
-impl Activity {
-    fn add(&self, n: usize) {
-        self.outstanding.fetch_add(n, Ordering::SeqCst);
-    }
-
-    fn done(&self) {
-        if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.outstanding.load(Ordering::SeqCst) == 0 {
-                return;
             }
             notified.await;
         }

@@ -5,11 +5,13 @@ pub(crate) mod jetstream;
 pub mod memory;
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::delivery::DeadLetter;
@@ -74,4 +76,40 @@ pub(crate) async fn finish_in_flight(
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+}
+
+/// A count of outstanding work that can be waited on until it reaches zero: the in-memory
+/// broker's queued and in-flight messages, a consume loop's hand-back naks still being sent.
+#[derive(Debug, Default)]
+pub(crate) struct Outstanding {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+impl Outstanding {
+    pub(crate) fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub(crate) async fn wait_zero(&self) {
+        loop {
+            let zero = self.zero.notified();
+            tokio::pin!(zero);
+            zero.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            zero.await;
+        }
+    }
 }
