@@ -109,7 +109,7 @@ fn a_version_older_than_the_upcast_chain_is_reported() {
         err.to_string(),
         "`order.placed` v2 is older than the oldest version this handler can upcast from (v3)"
     );
-    assert_eq!(err.reason(), eda::DlqReason::Version);
+    assert_eq!(eda::DlqReason::from(&err), eda::DlqReason::Version);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 #![allow(missing_docs, missing_debug_implementations)]
 
 use eda::prelude::*;
-use eda::Error;
+use eda::ErrorKind;
 
 #[event("invoice.sent")]
 pub struct InvoiceSent {
@@ -77,7 +77,7 @@ async fn audit_invoices(_event: RawEvent) {}
 
 fn problems(result: eda::Result<App>) -> Vec<String> {
     match result {
-        Err(Error::Startup { problems, .. }) => problems,
+        Err(e) if e.kind() == ErrorKind::Startup => e.problems().to_vec(),
         Err(other) => panic!("expected a startup error, got {other}"),
         Ok(app) => panic!("expected a startup error, but {app:?} built"),
     }
@@ -111,7 +111,7 @@ fn providing_the_state_and_selecting_one_handler_fixes_it() {
         .handlers(&["notify"])
         .build();
     assert!(
-        matches!(app, Err(Error::Startup { .. })),
+        matches!(app, Err(ref e) if e.kind() == ErrorKind::Startup),
         "both are still named `notify`"
     );
     let app = App::builder("fine").build().expect("builds");

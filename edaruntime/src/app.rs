@@ -2,81 +2,31 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::backend::{Backend, BackendChoice, Opened};
 use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology};
-use crate::delivery::{Counters, DeadLetter, HandlerRuntime, HandlerStats};
-use crate::error::{Error, Result};
-use crate::handler::{HandlerDescriptor, Scope, State, StateMap};
-use crate::idempotency::IdempotencyStore;
-use crate::observe::{self, HandlerMetrics, Readiness};
+use crate::delivery::{HandlerRuntime, HandlerStats};
+use crate::dlq::DeadLetter;
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::{HandlerDescriptor, Scope, StateMap};
+use crate::lifecycle::{self, Lifecycle};
+use crate::observe::{self, Readiness};
 use crate::publish::Publisher;
 use crate::registry::{self, Catalog};
-use crate::transport::jetstream::JetStream;
 use crate::transport::memory::MemoryBroker;
-use crate::transport::Transport;
+
+pub use crate::lifecycle::wait_for_signal;
 
 /// How long [`RunningApp::settle`] waits on NATS at most.
 pub const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
 /// How long in-flight handlers may run on after shutdown starts, unless set.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What every handler of one app shares.
-pub(crate) struct AppShared {
-    service: String,
-    states: StateMap,
-    transport: Arc<dyn Transport>,
-}
-
-impl AppShared {
-    pub(crate) fn new(service: String, states: StateMap, transport: Arc<dyn Transport>) -> Self {
-        AppShared {
-            service,
-            states,
-            transport,
-        }
-    }
-
-    pub(crate) fn service(&self) -> &str {
-        &self.service
-    }
-
-    pub(crate) fn transport(&self) -> &dyn Transport {
-        &*self.transport
-    }
-
-    pub(crate) fn state<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
-        self.states.get::<T>()
-    }
-}
-
-impl fmt::Debug for AppShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppShared")
-            .field("service", &self.service)
-            .finish()
-    }
-}
-
-/// Where the app's events travel.
-#[derive(Debug, Clone)]
-enum TransportChoice {
-    Memory(MemoryBroker),
-    Nats(Box<NatsSettings>),
-}
-
-/// The broker a running app is bound to.
-#[derive(Debug, Clone)]
-pub(crate) enum Backend {
-    Memory(MemoryBroker),
-    Nats(Arc<JetStream>),
-}
 
 /// An eda service: `App::builder("notifications")...run().await`.
 ///
@@ -92,7 +42,7 @@ pub struct App {
     service: String,
     states: StateMap,
     handlers: Vec<&'static HandlerDescriptor>,
-    transport: TransportChoice,
+    transport: BackendChoice,
     shutdown_timeout: Duration,
     metrics_addr: Option<SocketAddr>,
 }
@@ -132,61 +82,44 @@ impl App {
     /// publish and stop. Broker problems (unreachable, bad credentials, conflicting streams)
     /// are errors here, within the connect timeout.
     pub async fn start(self) -> Result<RunningApp> {
-        let (phase, signals_rx) = watch::channel(Phase::Running);
-        let signals = Signals { rx: signals_rx };
+        let lifecycle = Lifecycle::new();
         let mut tasks = JoinSet::new();
         let mut runtimes = Vec::new();
         // The recorder goes in before any handle is created, or the handles record nowhere.
         let listener = match self.metrics_addr {
             Some(addr) => {
                 let prometheus = observe::prometheus();
-                let listener = observe::bind(addr)
-                    .await
-                    .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+                let listener = observe::bind(addr).await.map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Config,
+                        format!("cannot serve metrics on {addr}: {e}"),
+                        e,
+                    )
+                })?;
                 Some((listener, prometheus))
             }
             None => None,
         };
-        let (backend, transport, store): (Backend, Arc<dyn Transport>, Arc<dyn IdempotencyStore>) =
-            match &self.transport {
-                TransportChoice::Memory(broker) => (
-                    Backend::Memory(broker.clone()),
-                    broker.transport(),
-                    broker.store(),
-                ),
-                TransportChoice::Nats(settings) => {
-                    let js = Arc::new(JetStream::connect(settings, &self.service).await?);
-                    js.provision().await?;
-                    let store = js.store().await?;
-                    let transport = js.transport();
-                    (Backend::Nats(js), transport, store)
-                }
-            };
-        let shared = Arc::new(AppShared::new(
-            self.service.clone(),
-            self.states.clone(),
+        let Opened {
+            backend,
             transport,
-        ));
+            store,
+        } = Backend::open(&self.transport, &self.service).await?;
+        let publisher = Publisher::new(Arc::from(self.service.as_str()), Arc::clone(&transport));
         for descriptor in &self.handlers {
-            let runtime = Arc::new(self.runtime(descriptor, &shared, Arc::clone(&store)));
-            match &backend {
-                Backend::Memory(broker) => {
-                    let consumer = broker.consumer(
-                        &runtime.durable,
-                        descriptor.subject,
-                        descriptor.options.start,
-                    );
-                    let broker = broker.clone();
-                    let (runtime, signals) = (Arc::clone(&runtime), signals.clone());
-                    tasks.spawn(async move { broker.consume(runtime, consumer, signals).await });
-                }
-                Backend::Nats(js) => {
-                    let consumer = js.consumer(&runtime.durable, descriptor).await?;
-                    let js = Arc::clone(js);
-                    let (runtime, signals) = (Arc::clone(&runtime), signals.clone());
-                    tasks.spawn(async move { js.consume(runtime, consumer, signals).await });
-                }
-            }
+            let scope = Arc::new(Scope {
+                handler: descriptor.name.to_owned(),
+                publisher: publisher.clone(),
+                states: self.states.clone(),
+            });
+            let runtime = Arc::new(HandlerRuntime::new(
+                descriptor,
+                scope,
+                Arc::clone(&transport),
+                Arc::clone(&store),
+            ));
+            let consume = backend.bind(&runtime, lifecycle.signals()).await?;
+            tasks.spawn(consume);
             runtimes.push(runtime);
         }
         let mut background = Vec::new();
@@ -198,16 +131,15 @@ impl App {
                 .push(tokio::spawn(observe::serve(listener, prometheus, probe)).abort_handle());
             tracing::info!(addr = ?metrics_addr, "serving /metrics, /healthz and /readyz");
         }
-        if let Backend::Nats(js) = &backend {
-            background
-                .push(tokio::spawn(poll_backlog(Arc::clone(js), runtimes.clone())).abort_handle());
+        if let Some(work) = backend.background(&runtimes) {
+            background.push(tokio::spawn(work).abort_handle());
         }
         tracing::info!(service = %self.service, handlers = self.handlers.len(), "started");
         Ok(RunningApp {
-            shared,
+            publisher,
             backend,
             runtimes,
-            phase,
+            lifecycle,
             tasks,
             shutdown_timeout: self.shutdown_timeout,
             metrics_addr,
@@ -218,39 +150,11 @@ impl App {
     /// Starts, runs until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn run(self) -> Result<()> {
         // Listen before starting, so a signal during startup is a graceful stop too.
-        let signal = shutdown_signal()?;
+        let signal = lifecycle::shutdown_signal()?;
         let running = self.start().await?;
         signal.await;
         tracing::info!(service = %running.service(), "signal received; shutting down");
         running.shutdown().await
-    }
-
-    fn runtime(
-        &self,
-        descriptor: &'static HandlerDescriptor,
-        shared: &Arc<AppShared>,
-        store: Arc<dyn IdempotencyStore>,
-    ) -> HandlerRuntime {
-        let service = self.service();
-        HandlerRuntime {
-            descriptor,
-            scope: Arc::new(Scope {
-                handler: descriptor.name.to_owned(),
-                app: Arc::clone(shared),
-            }),
-            service: Arc::from(service),
-            durable: format!("{service}__{}", descriptor.name),
-            dlq_subject: format!("dlq.{service}.{}", descriptor.name),
-            transport: Arc::clone(&shared.transport),
-            store,
-            counters: Counters::default(),
-            metrics: HandlerMetrics::new(
-                &Arc::from(service),
-                descriptor.name,
-                descriptor.event.map(|e| e.name),
-            ),
-            bound: AtomicBool::new(false),
-        }
     }
 }
 
@@ -444,15 +348,12 @@ impl AppBuilder {
         let transport = match nats {
             Some(settings) => {
                 problems.extend(settings.problems(url_source));
-                TransportChoice::Nats(Box::new(settings))
+                BackendChoice::Nats(Box::new(settings))
             }
-            None => TransportChoice::Memory(self.memory.unwrap_or_default()),
+            None => BackendChoice::Memory(self.memory.unwrap_or_default()),
         };
         if !problems.is_empty() {
-            return Err(Error::Startup {
-                service: self.service,
-                problems,
-            });
+            return Err(Error::startup(&self.service, problems));
         }
         Ok(App {
             service: self.service,
@@ -484,35 +385,16 @@ impl fmt::Debug for AppBuilder {
     }
 }
 
-/// How often consumer backlogs are read from the broker for the gauges.
-const BACKLOG_POLL: Duration = Duration::from_secs(5);
-
-/// Reads each consumer's pending and unacknowledged counts into the gauges.
-async fn poll_backlog(js: Arc<JetStream>, runtimes: Vec<Arc<HandlerRuntime>>) {
-    let mut ticks = tokio::time::interval(BACKLOG_POLL);
-    loop {
-        ticks.tick().await;
-        for runtime in &runtimes {
-            if let Ok((pending, ack_pending)) = js.pending(&runtime.durable).await {
-                runtime.metrics.consumer_backlog(pending, ack_pending);
-            }
-        }
-    }
-}
-
 /// Ready: connected to the broker and every handler's consumer bound.
 fn readiness_probe(backend: &Backend, runtimes: &[Arc<HandlerRuntime>]) -> observe::ReadinessProbe {
     let backend = backend.clone();
     let runtimes = runtimes.to_vec();
     Arc::new(move || Readiness {
-        connected: match &backend {
-            Backend::Memory(_) => true,
-            Backend::Nats(js) => js.is_connected(),
-        },
+        connected: backend.is_connected(),
         unbound: runtimes
             .iter()
             .filter(|r| !r.bound.load(Ordering::SeqCst))
-            .map(|r| r.durable.clone())
+            .map(|r| r.durable().to_owned())
             .collect(),
     })
 }
@@ -535,10 +417,10 @@ fn parse_metrics_addr(value: &str) -> std::result::Result<Option<SocketAddr>, St
 
 /// A started app: publish with it, read its counters, shut it down.
 pub struct RunningApp {
-    shared: Arc<AppShared>,
+    publisher: Publisher,
     backend: Backend,
     runtimes: Vec<Arc<HandlerRuntime>>,
-    phase: watch::Sender<Phase>,
+    lifecycle: Lifecycle,
     tasks: JoinSet<()>,
     shutdown_timeout: Duration,
     metrics_addr: Option<SocketAddr>,
@@ -549,12 +431,12 @@ pub struct RunningApp {
 impl RunningApp {
     /// A publisher for this service's events.
     pub fn publisher(&self) -> Publisher {
-        Publisher::new(Arc::clone(&self.shared))
+        self.publisher.clone()
     }
 
     /// The service name.
     pub fn service(&self) -> &str {
-        self.shared.service()
+        self.publisher.service()
     }
 
     /// The broker this app is bound to.
@@ -575,31 +457,18 @@ impl RunningApp {
     /// message pending or unacknowledged and the streams stopped growing, for at most
     /// [`SETTLE_LIMIT`] (then it logs a warning and returns).
     pub async fn settle(&self) {
-        match &self.backend {
-            Backend::Memory(broker) => broker.wait_idle().await,
-            Backend::Nats(js) => {
-                let durables: Vec<String> =
-                    self.runtimes.iter().map(|r| r.durable.clone()).collect();
-                js.settle(&durables, SETTLE_LIMIT).await;
-            }
-        }
+        self.backend.settle(&self.runtimes, SETTLE_LIMIT).await;
     }
 
     /// Every dead letter the broker holds (on NATS: the whole dead-letter stream, every
     /// service's), oldest first.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        match &self.backend {
-            Backend::Memory(broker) => Ok(broker.dead_letters()),
-            Backend::Nats(js) => js.dead_letters().await,
-        }
+        self.backend.dead_letters().await
     }
 
     /// Whether the app is connected to its broker (always, in memory).
     pub fn is_connected(&self) -> bool {
-        match &self.backend {
-            Backend::Memory(_) => true,
-            Backend::Nats(js) => js.is_connected(),
-        }
+        self.backend.is_connected()
     }
 
     /// What the handler `name` has done so far, if this app runs it.
@@ -613,7 +482,7 @@ impl RunningApp {
     /// Stops fetching, lets in-flight handlers finish up to the shutdown timeout, then stops
     /// the rest (their messages are redelivered) and returns.
     pub async fn shutdown(mut self) -> Result<()> {
-        self.phase.send_replace(Phase::Draining);
+        self.lifecycle.drain();
         for task in &self.background {
             task.abort();
         }
@@ -623,12 +492,10 @@ impl RunningApp {
         .await;
         if drained.is_err() {
             tracing::warn!(service = %self.service(), "shutdown timeout reached; stopping in-flight handlers");
-            self.phase.send_replace(Phase::Stopped);
+            self.lifecycle.stop();
             while self.tasks.join_next().await.is_some() {}
         }
-        if let Backend::Nats(js) = &self.backend {
-            js.close().await;
-        }
+        self.backend.close().await;
         tracing::info!(service = %self.service(), "stopped");
         Ok(())
     }
@@ -649,70 +516,5 @@ impl fmt::Debug for RunningApp {
             .field("service", &self.service())
             .field("handlers", &self.runtimes.len())
             .finish()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Phase {
-    Running,
-    Draining,
-    Stopped,
-}
-
-/// What consume loops watch to know when to stop.
-#[derive(Debug, Clone)]
-pub(crate) struct Signals {
-    rx: watch::Receiver<Phase>,
-}
-
-impl Signals {
-    /// Resolves once shutdown started (or the app is gone). The future owns its receiver:
-    /// a consume loop pins it once and polls it by reference, rather than registering a new
-    /// waiter for every message.
-    pub(crate) fn draining(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.phase(Phase::Draining)
-    }
-
-    /// Resolves once the shutdown deadline passed (or the app is gone).
-    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.phase(Phase::Stopped)
-    }
-
-    fn phase(&self, phase: Phase) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.rx.clone();
-        async move {
-            let _ = rx.wait_for(|p| *p >= phase).await;
-        }
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn wait_for_signal() -> Result<()> {
-    shutdown_signal()?.await;
-    Ok(())
-}
-
-/// Starts listening for SIGINT and SIGTERM now; the future resolves on the first of them.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        Ok(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            // Without a handler to install there is nothing to stop on: wait forever.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
+use crate::error::BoxError;
+
 /// Result of recording a processed id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -16,25 +18,68 @@ pub enum Recorded {
     AlreadyPresent,
 }
 
-/// The store failed; delivery naks the message and tries again later.
-#[derive(Debug, Clone)]
-pub struct StoreError(pub String);
+/// What a key's record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The event was handled: ack it without calling the handler.
+    Processed,
+    /// The event was dead-lettered, but terminating the original was not confirmed:
+    /// terminate it without calling the handler.
+    DeadLettered,
+}
 
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// The store failed. After a successful handler delivery retries the record in place;
+/// before the handler, a failed look-up is a failed attempt (nak with backoff).
+#[derive(Debug)]
+pub struct StoreError {
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl StoreError {
+    /// The store failed with `source`.
+    pub fn new(message: impl Into<String>, source: impl Into<BoxError>) -> StoreError {
+        StoreError {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The store failed, saying `message`.
+    pub fn message(message: impl Into<String>) -> StoreError {
+        StoreError {
+            message: message.into(),
+            source: None,
+        }
     }
 }
 
-impl std::error::Error for StoreError {}
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Where processed ids (`<service>.<handler>.<event id>`) are kept. `record` must be an
 /// atomic create: of two workers holding one event, exactly one gets [`Recorded::Created`].
 pub trait IdempotencyStore: Send + Sync + fmt::Debug + 'static {
-    /// Whether `key` was recorded.
-    fn contains<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
-    /// Records `key` atomically.
+    /// What `key`'s record says, if there is one.
+    fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Found>, StoreError>>;
+    /// Records `key` as processed, atomically.
     fn record<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Recorded, StoreError>>;
+    /// Records that `key`'s event was dead-lettered (overwriting nothing but an absent key).
+    fn record_dead_letter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// An in-process store that forgets ids after a TTL (24 h by default, like `EDA_PROCESSED`).
@@ -46,7 +91,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Entries {
-    by_key: HashMap<String, Instant>,
+    by_key: HashMap<String, (Instant, Found)>,
     order: VecDeque<(Instant, String)>,
 }
 
@@ -63,19 +108,31 @@ impl MemoryStore {
         let mut entries = self
             .inner
             .lock()
-            .map_err(|_| StoreError("the in-memory store was poisoned by a panic".into()))?;
+            .map_err(|_| StoreError::message("the in-memory store was poisoned by a panic"))?;
         let now = Instant::now();
         while let Some((at, _)) = entries.order.front() {
             if now.duration_since(*at) < self.ttl {
                 break;
             }
             if let Some((at, key)) = entries.order.pop_front() {
-                if entries.by_key.get(&key) == Some(&at) {
+                if entries.by_key.get(&key).map(|(t, _)| *t) == Some(at) {
                     entries.by_key.remove(&key);
                 }
             }
         }
         Ok(f(&mut entries))
+    }
+}
+
+impl Entries {
+    fn create(&mut self, key: &str, found: Found) -> Recorded {
+        if self.by_key.contains_key(key) {
+            return Recorded::AlreadyPresent;
+        }
+        let now = Instant::now();
+        self.by_key.insert(key.to_owned(), (now, found));
+        self.order.push_back((now, key.to_owned()));
+        Recorded::Created
     }
 }
 
@@ -86,20 +143,19 @@ impl Default for MemoryStore {
 }
 
 impl IdempotencyStore for MemoryStore {
-    fn contains<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let found = self.with_entries(|e| e.by_key.contains_key(key));
+    fn lookup<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Found>, StoreError>> {
+        let found = self.with_entries(|e| e.by_key.get(key).map(|(_, found)| *found));
         Box::pin(async move { found })
     }
 
     fn record<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Recorded, StoreError>> {
+        let recorded = self.with_entries(|e| e.create(key, Found::Processed));
+        Box::pin(async move { recorded })
+    }
+
+    fn record_dead_letter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         let recorded = self.with_entries(|e| {
-            if e.by_key.contains_key(key) {
-                return Recorded::AlreadyPresent;
-            }
-            let now = Instant::now();
-            e.by_key.insert(key.to_owned(), now);
-            e.order.push_back((now, key.to_owned()));
-            Recorded::Created
+            e.create(key, Found::DeadLettered);
         });
         Box::pin(async move { recorded })
     }
@@ -112,13 +168,18 @@ mod tests {
     #[tokio::test]
     async fn record_is_an_atomic_create() {
         let store = MemoryStore::default();
-        assert!(!store.contains("s.h.1").await.unwrap());
+        assert_eq!(store.lookup("s.h.1").await.unwrap(), None);
         assert_eq!(store.record("s.h.1").await.unwrap(), Recorded::Created);
         assert_eq!(
             store.record("s.h.1").await.unwrap(),
             Recorded::AlreadyPresent
         );
-        assert!(store.contains("s.h.1").await.unwrap());
+        assert_eq!(store.lookup("s.h.1").await.unwrap(), Some(Found::Processed));
+        store.record_dead_letter("s.h.2").await.unwrap();
+        assert_eq!(
+            store.lookup("s.h.2").await.unwrap(),
+            Some(Found::DeadLettered)
+        );
     }
 
     #[tokio::test]
@@ -126,6 +187,6 @@ mod tests {
         let store = MemoryStore::new(Duration::from_millis(20));
         store.record("k").await.unwrap();
         std::thread::sleep(Duration::from_millis(40));
-        assert!(!store.contains("k").await.unwrap());
+        assert_eq!(store.lookup("k").await.unwrap(), None);
     }
 }

@@ -1,17 +1,28 @@
 //! The runtime of [eda](https://docs.rs/eda): typed events, handlers, the delivery semantics
 //! shared by every transport, the in-memory transport, and test helpers. Depend on the `eda`
 //! crate, which re-exports all of this together with the macros.
+//!
+//! The modules form layers; a module never imports one above it:
+//! `error`, `config`, `random`, `lifecycle`, `schema` → `event` → `dlq`, `wire`, `observe` →
+//! `port`, `idempotency` → `publish` → `handler` → `registry` → `delivery` → `transport` →
+//! `backend` → `app` → `testing`.
 
 pub mod app;
+mod backend;
 pub mod config;
 pub mod delivery;
+pub mod dlq;
 pub mod error;
 pub mod event;
 pub mod handler;
 pub mod idempotency;
+mod lifecycle;
 pub mod observe;
+mod port;
 pub mod publish;
+mod random;
 pub mod registry;
+pub mod schema;
 pub mod testing;
 pub mod transport;
 pub mod wire;
@@ -21,14 +32,15 @@ pub mod __private {
     pub use crate::private::*;
 }
 mod private;
-mod random;
 
-pub use app::{wait_for_signal, App, AppBuilder, RunningApp};
+pub use app::{App, AppBuilder, RunningApp};
 pub use config::{NatsAuth, NatsSettings, Topology};
-pub use delivery::{DeadLetter, DlqReason, HandlerStats};
-pub use error::{Error, PublishError, Result};
+pub use delivery::HandlerStats;
+pub use dlq::{DeadLetter, DlqReason};
+pub use error::{Error, ErrorKind, PublishError, Result};
 pub use event::{DecodeError, Envelope, Event, Metadata, RawEvent};
-pub use handler::{Context, ErrorKind, FromContext, HandlerError, HandlerOptions, State};
+pub use handler::{Context, FromContext, HandlerError, HandlerOptions, State};
+pub use lifecycle::wait_for_signal;
 pub use publish::{PublishOptions, Publisher};
 pub use registry::Catalog;
 pub use transport::memory::MemoryBroker;

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::app::AppShared;
+use sha2::{Digest, Sha256};
+
 use crate::error::PublishError;
 use crate::event::{Event, Metadata};
 use crate::observe::{trace, PublishMetrics};
-use crate::transport::Outbound;
+use crate::port::{Outbound, Transport};
 
 /// Overrides for one publish.
 #[derive(Debug, Clone, Default)]
@@ -58,17 +59,24 @@ impl PublishOptions {
 /// `Ok` means the broker stored the event.
 #[derive(Clone)]
 pub struct Publisher {
-    app: Arc<AppShared>,
+    /// The publishing service (`Eda-Source`).
+    service: Arc<str>,
+    transport: Arc<dyn Transport>,
 }
 
 impl Publisher {
-    pub(crate) fn new(app: Arc<AppShared>) -> Publisher {
-        Publisher { app }
+    pub(crate) fn new(service: Arc<str>, transport: Arc<dyn Transport>) -> Publisher {
+        Publisher { service, transport }
+    }
+
+    /// The service this publisher publishes as.
+    pub fn service(&self) -> &str {
+        &self.service
     }
 
     /// Publishes one event and waits for the broker to store it; returns its id.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String, PublishError> {
-        send(&self.app, event, PublishOptions::default()).await
+        self.send(event, PublishOptions::default()).await
     }
 
     /// Publishes one event with explicit ids.
@@ -77,7 +85,7 @@ impl Publisher {
         event: &E,
         options: PublishOptions,
     ) -> Result<String, PublishError> {
-        send(&self.app, event, options).await
+        self.send(event, options).await
     }
 
     /// Publishes a payload as event `name` of `version` without a Rust type (bridges, replays,
@@ -88,26 +96,29 @@ impl Publisher {
         version: u32,
         payload: impl Into<Bytes>,
     ) -> Result<String, PublishError> {
-        let mut metadata = Metadata::new(name, version, self.app.service());
+        let mut metadata = Metadata::new(name, version, &self.service);
         metadata.traceparent = Some(trace::new_traceparent());
         let message = Outbound {
             metadata: Arc::new(metadata),
             payload: payload.into(),
             explicit_id: false,
         };
-        store(&self.app, message).await
+        self.store(message).await
     }
 
     /// Publishes many events with their broker confirmations in flight together (pipelined);
-    /// returns their ids in order once every one is stored. On error some may be stored:
-    /// publishing the same ids again is safe (the broker drops repeats).
+    /// returns their ids in order once every one is stored. On error some may be stored, and
+    /// their ids are not returned: each event gets a fresh id, so calling `publish_all` again
+    /// stores those twice. Where a retry must not duplicate, give each event its own id with
+    /// [`Publisher::publish_with`] and [`PublishOptions::id`] (the broker then drops repeats
+    /// inside its duplicate window).
     pub async fn publish_all<'a, E, I>(&self, events: I) -> Result<Vec<String>, PublishError>
     where
         E: Event,
         I: IntoIterator<Item = &'a E>,
         I::IntoIter: Send,
     {
-        let source = self.app.service();
+        let source = &*self.service;
         let mut ids = Vec::new();
         let started = Instant::now();
         let mut messages = events.into_iter().map(|event| {
@@ -116,8 +127,7 @@ impl Publisher {
             Ok(message)
         });
         let result = self
-            .app
-            .transport()
+            .transport
             .publish_many(&mut messages)
             .instrument(tracing::info_span!("eda.publish", event = E::NAME))
             .await;
@@ -132,29 +142,57 @@ impl Publisher {
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
-            .field("service", &self.app.service())
+            .field("service", &self.service)
             .finish()
     }
 }
 
-pub(crate) async fn send<E: Event>(
-    app: &AppShared,
-    event: &E,
-    options: PublishOptions,
-) -> Result<String, PublishError> {
-    let message = outbound(event, options, app.service())?;
-    store(app, message).await
+impl Publisher {
+    pub(crate) async fn send<E: Event>(
+        &self,
+        event: &E,
+        options: PublishOptions,
+    ) -> Result<String, PublishError> {
+        let message = outbound(event, options, &self.service)?;
+        self.store(message).await
+    }
+
+    /// Hands one message to the transport, traced and counted; returns its id once stored.
+    async fn store(&self, message: Outbound) -> Result<String, PublishError> {
+        let id = message.metadata.id.clone();
+        let name = message.metadata.name.clone();
+        let span = tracing::info_span!("eda.publish", event = %name, id = %id);
+        let started = Instant::now();
+        self.transport.publish(message).instrument(span).await?;
+        PublishMetrics::of(&name).stored(1, started.elapsed());
+        Ok(id)
+    }
 }
 
-/// Hands one message to the transport, traced and counted; returns its id once stored.
-async fn store(app: &AppShared, message: Outbound) -> Result<String, PublishError> {
-    let id = message.metadata.id.clone();
-    let name = message.metadata.name.clone();
-    let span = tracing::info_span!("eda.publish", event = %name, id = %id);
-    let started = Instant::now();
-    app.transport().publish(message).instrument(span).await?;
-    PublishMetrics::of(&name).stored(1, started.elapsed());
-    Ok(id)
+/// The id of the `index`-th event (0-based) a handler publishes while handling the event
+/// `cause`: a UUID v8 made of a SHA-256 of the three. A handler run again after a failure
+/// publishes the same ids, so the broker's duplicate window (and downstream idempotency)
+/// absorbs the repeats.
+pub(crate) fn derived_id(cause: &str, handler: &str, index: u32) -> String {
+    let mut hash = Sha256::new();
+    hash.update(cause.as_bytes());
+    hash.update([0]);
+    hash.update(handler.as_bytes());
+    hash.update([0]);
+    hash.update(index.to_le_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 9562 variant
+    let mut id = String::with_capacity(36);
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
 }
 
 /// Serializes an event and builds its metadata.
@@ -232,4 +270,24 @@ fn cached_fingerprint<E: Event>() -> String {
         map.insert(key, fingerprint.clone());
     }
     fingerprint
+}
+
+#[cfg(test)]
+mod tests {
+    use super::derived_id;
+
+    #[test]
+    fn derived_ids_are_stable_uuid_v8_and_differ_by_cause_handler_and_index() {
+        let id = derived_id("0190-cause", "ship", 0);
+        assert_eq!(id, derived_id("0190-cause", "ship", 0));
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'8', "version 8: {id}");
+        assert!(
+            matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'),
+            "variant: {id}"
+        );
+        assert_ne!(id, derived_id("0190-cause", "ship", 1));
+        assert_ne!(id, derived_id("0190-cause", "bill", 0));
+        assert_ne!(id, derived_id("0190-other", "ship", 0));
+    }
 }

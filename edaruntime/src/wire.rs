@@ -1,4 +1,5 @@
-//! Header names of the wire format (DESIGN.md §4). Every transport uses these constants.
+//! The wire format (DESIGN.md §4): every header name, and the pure encoding and decoding of
+//! events' and dead letters' headers. Every transport uses these.
 
 /// Event id (UUID v7); the broker drops a repeat inside its duplicate window.
 pub const MSG_ID: &str = "Nats-Msg-Id";
@@ -34,10 +35,21 @@ pub const ORIGINAL_SUBJECT: &str = "Eda-Original-Subject";
 pub const ORIGINAL_ID: &str = "Eda-Original-Id";
 /// Dead letter: the stream sequence of the original.
 pub const ORIGINAL_SEQ: &str = "Eda-Original-Seq";
+/// Dead letter: set when the payload did not fit next to the headers and holds only its
+/// beginning; the value is the original payload's length in bytes (fetch the whole message
+/// from the event stream by `Eda-Original-Seq`).
+pub const DLQ_PAYLOAD_CUT: &str = "Eda-Dlq-Payload-Cut";
+
+/// The longest `Eda-Dlq-Error` value: a dead letter's error must not push it over the
+/// server's message size.
+pub(crate) const MAX_ERROR_LEN: usize = 1024;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
+
+use crate::dlq::{DeadLetter, DlqReason};
 use crate::event::{DecodeError, Metadata};
 
 /// The header pairs of an event's metadata (DESIGN.md §4).
@@ -129,6 +141,98 @@ pub fn decode<'h>(
     (Arc::new(metadata), error)
 }
 
+/// The headers of a dead letter: the original event's, with the dead letter's own
+/// `Nats-Msg-Id`, plus the `Eda-Dlq-*` and `Eda-Original-*` headers. `original_subject` is the
+/// subject the event was published to (with the transport's prefix).
+pub(crate) fn dead_letter_headers(
+    letter: &DeadLetter,
+    original_subject: &str,
+) -> Vec<(&'static str, String)> {
+    let mut pairs = encode(&letter.metadata);
+    let id = &letter.metadata.id;
+    for pair in pairs.iter_mut().filter(|(name, _)| *name == MSG_ID) {
+        pair.1 = letter.message_id();
+    }
+    pairs.push((ORIGINAL_ID, id.clone()));
+    pairs.push((DLQ_REASON, letter.reason.as_str().to_owned()));
+    pairs.push((
+        DLQ_ERROR,
+        header_safe(&truncated(&letter.error, MAX_ERROR_LEN)),
+    ));
+    pairs.push((DLQ_ATTEMPTS, letter.attempts.to_string()));
+    pairs.push((DLQ_HANDLER, letter.handler.clone()));
+    pairs.push((ORIGINAL_SUBJECT, original_subject.to_owned()));
+    if let Some(sequence) = letter.metadata.sequence {
+        pairs.push((ORIGINAL_SEQ, sequence.to_string()));
+    }
+    if let Some(length) = letter.payload_cut {
+        pairs.push((DLQ_PAYLOAD_CUT, length.to_string()));
+    }
+    pairs
+}
+
+/// The bytes a header block of `pairs` takes on the wire (`NATS/1.0\r\n`, `name: value\r\n`
+/// each, a closing `\r\n`).
+pub(crate) fn header_block_len(pairs: &[(&'static str, String)]) -> usize {
+    pairs
+        .iter()
+        .map(|(name, value)| name.len() + 2 + value.len() + 2)
+        .sum::<usize>()
+        + "NATS/1.0\r\n\r\n".len()
+}
+
+/// A dead letter as stored on the dead-letter stream at `subject` (`dlq.<service>.<handler>`);
+/// `None` for messages eda did not write. `prefix` is the event subjects' prefix with its dot.
+pub(crate) fn dead_letter_from<'h>(
+    subject: &str,
+    header: &dyn Fn(&str) -> Option<&'h str>,
+    payload: Bytes,
+    prefix: &str,
+) -> Option<DeadLetter> {
+    let owned = |key: &str| header(key).map(str::to_owned);
+    let original_subject = header(ORIGINAL_SUBJECT)?;
+    let name = original_subject
+        .strip_prefix(prefix)
+        .unwrap_or(original_subject);
+    let sequence = header(ORIGINAL_SEQ).and_then(|s| s.parse().ok());
+    let (metadata, _) = decode(name, header, sequence, None);
+    let mut metadata = Arc::unwrap_or_clone(metadata);
+    if let Some(id) = owned(ORIGINAL_ID) {
+        metadata.id = id;
+    }
+    let mut parts = subject.splitn(3, '.').skip(1);
+    Some(DeadLetter {
+        service: parts.next().unwrap_or_default().to_owned(),
+        handler: owned(DLQ_HANDLER).unwrap_or_default(),
+        reason: DlqReason::parse(header(DLQ_REASON)?)?,
+        error: owned(DLQ_ERROR).unwrap_or_default(),
+        attempts: header(DLQ_ATTEMPTS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        metadata: Arc::new(metadata),
+        payload,
+        payload_cut: header(DLQ_PAYLOAD_CUT).and_then(|n| n.parse().ok()),
+        subject: subject.to_owned(),
+    })
+}
+
+/// At most `max` bytes of `text` (on a character boundary), marked when cut.
+pub(crate) fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Header values cannot hold line breaks.
+fn header_safe(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +303,51 @@ mod tests {
             None,
         );
         assert!(matches!(error, Some(DecodeError::Header { .. })));
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("short", 10), "short");
+        assert_eq!(truncated("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn dead_letters_round_trip_through_headers() {
+        let mut metadata = Metadata::new("order.placed", 1, "shop");
+        metadata.sequence = Some(7);
+        let letter = DeadLetter {
+            subject: "dlq.billing.charge".into(),
+            service: "billing".into(),
+            handler: "charge".into(),
+            reason: DlqReason::Permanent,
+            error: "declined\nby the bank".into(),
+            attempts: 2,
+            metadata: Arc::new(metadata),
+            payload: Bytes::from_static(b"{\"id\":1"),
+            payload_cut: Some(4096),
+        };
+        let pairs = dead_letter_headers(&letter, "events.order.placed");
+        assert!(header_block_len(&pairs) > 100);
+        let map = lookup(pairs);
+        assert_eq!(
+            map[MSG_ID],
+            format!("billing.charge.{}", letter.metadata.id)
+        );
+        let back = dead_letter_from(
+            "dlq.billing.charge",
+            &|name| map.get(name).map(String::as_str),
+            letter.payload.clone(),
+            "events.",
+        )
+        .expect("a dead letter");
+        assert_eq!(back.metadata.id, letter.metadata.id);
+        assert_eq!(back.metadata.sequence, Some(7));
+        assert_eq!(back.error, "declined by the bank");
+        assert_eq!((back.reason, back.attempts), (DlqReason::Permanent, 2));
+        assert_eq!(
+            (back.service.as_str(), back.handler.as_str()),
+            ("billing", "charge")
+        );
+        assert_eq!(back.payload_cut, Some(4096));
     }
 }

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
-use super::{Acknowledge, Outbound, OutboundStream, Outstanding, Transport};
-use crate::app::Signals;
-use crate::delivery::{DeadLetter, Delivery, HandlerRuntime};
-use crate::error::PublishError;
+use crate::delivery::{driver, HandlerRuntime};
+use crate::dlq::DeadLetter;
+use crate::error::{BoxError, PublishError};
 use crate::event::{Metadata, RawEvent};
 use crate::handler::Start;
 use crate::idempotency::MemoryStore;
+use crate::lifecycle::{Outstanding, Signals};
+use crate::port::{Acknowledge, Delivery, Outbound, OutboundStream, Source, Transport};
 
 /// Messages `publish_all` hands to the consumers' queues at once: few enough that handling
 /// starts while the rest are still being encoded.
@@ -178,61 +178,48 @@ impl MemoryBroker {
         consumer: Arc<MemoryConsumer>,
         signals: Signals,
     ) {
-        let concurrency = runtime.descriptor.options.concurrency.max(1) as usize;
-        let permits = Arc::new(Semaphore::new(concurrency));
-        let mut tasks = JoinSet::new();
         runtime.bound.store(true, Ordering::SeqCst);
-        let draining = signals.draining();
-        let stopped = signals.stopped();
-        tokio::pin!(draining, stopped);
-        loop {
-            let permit = match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => tokio::select! {
-                    biased;
-                    () = &mut draining => break,
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                },
-            };
-            let queued = tokio::select! {
-                biased;
-                () = &mut draining => break,
-                queued = consumer.next() => queued,
-            };
-            let ack = MemoryAck {
-                inner: Arc::clone(&self.inner),
-                consumer: Arc::clone(&consumer),
-                queued: Some(queued.clone()),
-            };
-            let delivery = Delivery {
-                raw: RawEvent::new(
-                    Arc::clone(&queued.message.metadata),
-                    queued.message.payload.clone(),
-                    queued.deliveries,
-                ),
-                redelivered: queued.deliveries > 1,
-                header_error: None,
-            };
-            if concurrency == 1 {
-                // Past the shutdown deadline the handler is dropped: its unsettled ack requeues.
-                tokio::select! {
-                    biased;
-                    () = runtime.deliver(delivery, ack, Some(permit)) => {}
-                    () = &mut stopped => break,
-                }
-            } else {
-                let runtime = Arc::clone(&runtime);
-                tasks.spawn(async move { runtime.deliver(delivery, ack, Some(permit)).await });
-                while tasks.try_join_next().is_some() {}
-            }
-        }
-        super::finish_in_flight(&mut tasks, signals.stopped()).await;
+        let source = MemorySource {
+            inner: Arc::clone(&self.inner),
+            consumer: Arc::clone(&consumer),
+        };
+        driver::drive(runtime, source, signals).await;
         // A wake-up this worker took but did not use belongs to another instance.
         consumer.notify.notify_one();
     }
+}
+
+/// One instance's share of an in-memory consumer: it takes a message only when the driver can
+/// start it, so nothing waits unstarted (the in-memory broker has no ack wait to run out).
+struct MemorySource {
+    inner: Arc<BrokerInner>,
+    consumer: Arc<MemoryConsumer>,
+}
+
+impl Source for MemorySource {
+    type Ack = MemoryAck;
+
+    async fn next(&mut self, _room: usize) -> Option<(Delivery, MemoryAck)> {
+        let queued = self.consumer.next().await;
+        let delivery = Delivery {
+            raw: RawEvent::new(
+                Arc::clone(&queued.message.metadata),
+                queued.message.payload.clone(),
+                queued.deliveries,
+            ),
+            redelivered: queued.deliveries > 1,
+            header_error: None,
+            id_epoch: None,
+        };
+        let ack = MemoryAck {
+            inner: Arc::clone(&self.inner),
+            consumer: Arc::clone(&self.consumer),
+            queued,
+        };
+        Some((delivery, ack))
+    }
+
+    async fn release(&mut self) {}
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -453,51 +440,52 @@ impl Transport for MemoryTransport {
     }
 }
 
-/// Settles one in-memory delivery. Dropped unsettled (a handler cut off at shutdown), the
-/// message goes back to the queue, as JetStream redelivers after the ack wait.
+/// Settles one in-memory delivery; handed back, the message goes to the back of the queue,
+/// as JetStream redelivers one that was nak'd without a delay.
+#[derive(Clone)]
 struct MemoryAck {
     inner: Arc<BrokerInner>,
     consumer: Arc<MemoryConsumer>,
-    queued: Option<Queued>,
+    queued: Queued,
 }
 
 impl Acknowledge for MemoryAck {
-    async fn ack(mut self) {
+    async fn ack(&self) {
         if self.inner.ack_is_lost() {
-            return; // Drop redelivers it.
+            // Lost on the way: the message comes back, as after JetStream's ack wait.
+            self.consumer.push(self.queued.clone().again());
+            return;
         }
-        if self.queued.take().is_some() {
-            self.inner.activity.done();
-        }
+        self.inner.activity.done();
     }
 
-    async fn nak(mut self, delay: Duration) {
-        let Some(queued) = self.queued.take() else {
-            return;
-        };
+    async fn nak(&self, delay: Duration) {
         let consumer = Arc::clone(&self.consumer);
+        let again = self.queued.clone().again();
         if delay.is_zero() {
-            consumer.push(queued.again());
+            consumer.push(again);
         } else {
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                consumer.push(queued.again());
+                consumer.push(again);
             });
         }
     }
 
-    async fn term(mut self) {
-        if self.queued.take().is_some() {
-            self.inner.activity.done();
-        }
+    async fn term(&self) -> Result<(), BoxError> {
+        self.inner.activity.done();
+        Ok(())
     }
-}
 
-impl Drop for MemoryAck {
-    fn drop(&mut self) {
-        if let Some(queued) = self.queued.take() {
-            self.consumer.push(queued.again());
-        }
+    async fn in_progress(&self) {}
+
+    fn progress_period(&self) -> Option<Duration> {
+        None
+    }
+
+    fn hand_back(&self) -> Option<BoxFuture<'static, ()>> {
+        self.consumer.push(self.queued.clone().again());
+        None
     }
 }
 

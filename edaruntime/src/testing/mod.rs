@@ -8,8 +8,9 @@ pub use nats::{nats_server_binary, NatsCluster, NatsServer, TestServerError};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::app::{AppBuilder, AppShared, Backend, RunningApp};
-use crate::delivery::{DeadLetter, HandlerStats};
+use crate::app::{AppBuilder, RunningApp};
+use crate::delivery::HandlerStats;
+use crate::dlq::DeadLetter;
 use crate::error::{PublishError, Result};
 use crate::event::{Event, Metadata, RawEvent};
 use crate::handler::{Context, Scope, StateMap};
@@ -88,10 +89,7 @@ impl TestApp {
 
     /// Every published message, undecoded (to check metadata).
     pub async fn published_raw(&self) -> Result<Vec<RawEvent>> {
-        match self.app.backend() {
-            Backend::Memory(broker) => Ok(broker.messages()),
-            Backend::Nats(js) => js.events().await,
-        }
+        self.app.backend().events().await
     }
 
     /// Every dead letter so far.
@@ -113,10 +111,7 @@ impl TestApp {
     /// recording its work and acking, so those messages are delivered again (on NATS after
     /// the ack wait).
     pub fn lose_next_acks(&self, count: u32) {
-        match self.app.backend() {
-            Backend::Memory(broker) => broker.lose_next_acks(count),
-            Backend::Nats(js) => js.lose_next_acks(count),
-        }
+        self.app.backend().lose_next_acks(count)
     }
 
     /// The running app underneath.
@@ -251,14 +246,10 @@ impl TestContext {
 
     /// A context with the given metadata and attempt.
     pub fn context_with(&self, metadata: Metadata, attempt: u32) -> Context {
-        let shared = Arc::new(AppShared::new(
-            self.service.clone(),
-            self.states.clone(),
-            self.broker.transport(),
-        ));
         let scope = Arc::new(Scope {
             handler: "test".to_owned(),
-            app: shared,
+            publisher: Publisher::new(Arc::from(self.service.as_str()), self.broker.transport()),
+            states: self.states.clone(),
         });
         Context::new(Arc::new(metadata), attempt, scope)
     }

@@ -1,0 +1,165 @@
+//! The consume driver both transports share: concurrency permits, taking messages from a
+//! [`Source`] no faster than permits free up, one task per message with in-progress acks
+//! while its handler runs, hand-back of what is cut off or never started, and the drain at
+//! shutdown. Transports supply only the [`Source`] and its [`Acknowledge`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::runtime::HandlerRuntime;
+use crate::error::BoxError;
+use crate::lifecycle::{Outstanding, Signals};
+use crate::port::{Acknowledge, Source};
+
+/// How long a stopping loop waits for its hand-back naks to be sent.
+const HAND_BACK_LIMIT: Duration = Duration::from_secs(5);
+
+/// One message's settlement: exactly one of ack, nak or term, or — dropped unsettled, when
+/// its handler was cut off at the shutdown deadline or its task unwound — handed back for
+/// redelivery now (another instance takes it rather than waiting for the ack wait).
+pub(crate) struct Settlement<A: Acknowledge> {
+    ack: Option<A>,
+    hand_backs: Arc<Outstanding>,
+    counted: metrics::Counter,
+}
+
+impl<A: Acknowledge> Settlement<A> {
+    pub(crate) fn new(ack: A, hand_backs: Arc<Outstanding>, counted: metrics::Counter) -> Self {
+        Settlement {
+            ack: Some(ack),
+            hand_backs,
+            counted,
+        }
+    }
+
+    pub(crate) async fn ack(mut self) {
+        if let Some(ack) = self.ack.take() {
+            ack.ack().await;
+        }
+    }
+
+    pub(crate) async fn nak(mut self, delay: Duration) {
+        if let Some(ack) = self.ack.take() {
+            ack.nak(delay).await;
+        }
+    }
+
+    pub(crate) async fn term(mut self) -> Result<(), BoxError> {
+        match self.ack.take() {
+            Some(ack) => ack.term().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl<A: Acknowledge> Drop for Settlement<A> {
+    fn drop(&mut self) {
+        let Some(ack) = self.ack.take() else { return };
+        self.counted.increment(1);
+        let Some(sending) = ack.hand_back() else {
+            return;
+        };
+        // Without a runtime (it is shutting down) the message returns after the ack wait.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let hand_backs = Arc::clone(&self.hand_backs);
+            hand_backs.add(1);
+            runtime.spawn(async move {
+                sending.await;
+                hand_backs.done();
+            });
+        }
+    }
+}
+
+/// Runs one app instance's share of a handler's consumer until `signals` says stop.
+pub(crate) async fn drive<S: Source>(
+    runtime: Arc<HandlerRuntime>,
+    mut source: S,
+    signals: Signals,
+) {
+    let concurrency = runtime.options().concurrency.max(1) as usize;
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = JoinSet::new();
+    let hand_backs = Arc::new(Outstanding::default());
+    let handed_back = runtime.metrics.handed_back();
+    let draining = signals.draining();
+    tokio::pin!(draining);
+    loop {
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                () = &mut draining => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            },
+        };
+        let room = permits.available_permits() + 1;
+        let next = tokio::select! {
+            biased;
+            () = &mut draining => break,
+            next = source.next(room) => next,
+        };
+        let Some((delivery, ack)) = next else {
+            continue;
+        };
+        // Made before the task: a task aborted before its first poll hands back too.
+        let settlement = Settlement::new(ack.clone(), Arc::clone(&hand_backs), handed_back.clone());
+        let runtime = Arc::clone(&runtime);
+        tasks.spawn(async move {
+            let deliver = runtime.deliver(delivery, settlement, Some(permit));
+            match ack.progress_period() {
+                Some(period) => {
+                    tokio::select! {
+                        biased;
+                        () = deliver => {}
+                        () = keep_in_progress(&ack, period) => {}
+                    }
+                }
+                None => deliver.await,
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    source.release().await;
+    finish_in_flight(&mut tasks, signals.stopped()).await;
+    // The naks of cut-off handlers go out before the app closes the connection.
+    if tokio::time::timeout(HAND_BACK_LIMIT, hand_backs.wait_zero())
+        .await
+        .is_err()
+    {
+        tracing::debug!("handing back cut-off messages timed out; they return after the ack wait");
+    }
+}
+
+/// Sends in-progress acks every `period` while a handler runs (and while its id is recorded
+/// or its dead letter stored), so the broker does not redeliver a message still worked on.
+async fn keep_in_progress<A: Acknowledge>(ack: &A, period: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        // Boxed: the client's publish future is large, and this one is part of every
+        // message's task while it is sent only for long handlers.
+        Box::pin(ack.in_progress()).await;
+    }
+}
+
+/// Waits for a consume loop's spawned handlers after it stopped taking messages. Past the
+/// shutdown deadline (`stopped`) the rest are dropped, which hands their messages back.
+async fn finish_in_flight(tasks: &mut JoinSet<()>, stopped: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            biased;
+            next = tasks.join_next() => if next.is_none() { return },
+            () = &mut stopped => break,
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}

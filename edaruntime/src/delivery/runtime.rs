@@ -1,0 +1,399 @@
+//! The I/O half of delivery: runs one message through its handler and carries out what
+//! [`decide`](super::decide) says, with the idempotency store and the dead-letter subject.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::decide::{backoff_delay, decide, Decision, Outcome};
+use super::driver::Settlement;
+use super::naming::Names;
+use crate::dlq::{DeadLetter, DlqReason};
+use crate::event::RawEvent;
+use crate::handler::{
+    Backoff, BackoffPolicy, Context, Failure, HandlerDescriptor, HandlerOptions, Idempotency,
+    Invocation, Scope,
+};
+use crate::idempotency::{Found, IdempotencyStore, Recorded};
+use crate::observe::{self, HandlerMetrics};
+use crate::port::{Acknowledge, Delivery, Transport};
+use crate::random;
+
+/// How long a dead letter that cannot be stored is retried in place (its message kept alive
+/// with in-progress acks) before the message is handed back with [`DLQ_FAILING_DELAY`].
+pub(crate) const DLQ_RETRY_LIMIT: Duration = Duration::from_secs(30);
+/// The nak delay of a message whose dead letter could not be stored for [`DLQ_RETRY_LIMIT`]:
+/// long, so that a missing or full dead-letter stream does not turn into a busy loop.
+pub(crate) const DLQ_FAILING_DELAY: Duration = Duration::from_secs(60);
+
+/// Retries of a store write or a dead-letter publish in place: 100 ms doubling to 5 s.
+const IN_PLACE: BackoffPolicy = BackoffPolicy {
+    kind: Backoff::Exponential,
+    base_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(5),
+    jitter: true,
+};
+
+/// Counters of what one handler did, as [`crate::testing::TestApp`] reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerStats {
+    /// Messages handled successfully.
+    pub handled: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
+    /// Messages dead-lettered.
+    pub dead_lettered: u64,
+    /// Messages acked as already processed, without calling the handler.
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    handled: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> HandlerStats {
+        HandlerStats {
+            handled: self.handled.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One handler bound in one app: everything delivery needs to process its messages.
+pub(crate) struct HandlerRuntime {
+    pub(crate) descriptor: &'static HandlerDescriptor,
+    pub(crate) scope: Arc<Scope>,
+    pub(crate) service: Arc<str>,
+    pub(crate) names: Names,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) store: Arc<dyn IdempotencyStore>,
+    pub(crate) counters: Counters,
+    pub(crate) metrics: HandlerMetrics,
+    /// Whether the transport has this handler's consumer bound and pulling (for `/readyz`).
+    pub(crate) bound: AtomicBool,
+    /// The stream position up to which the broker last said every message of this handler's
+    /// consumer is acknowledged (where a consumer deleted behind the app's back restarts).
+    pub(crate) acknowledged: AtomicU64,
+}
+
+impl fmt::Debug for HandlerRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerRuntime")
+            .field("handler", &self.descriptor.name)
+            .field("durable", &self.names.durable)
+            .finish()
+    }
+}
+
+/// What [`HandlerRuntime::process`] came to, for the settling half.
+enum Processed {
+    Decided(Decision),
+    /// A record says the event was dead-lettered already: terminate it again.
+    AlreadyDeadLettered,
+}
+
+impl HandlerRuntime {
+    pub(crate) fn new(
+        descriptor: &'static HandlerDescriptor,
+        scope: Arc<Scope>,
+        transport: Arc<dyn Transport>,
+        store: Arc<dyn IdempotencyStore>,
+    ) -> HandlerRuntime {
+        let service: Arc<str> = Arc::from(scope.publisher.service());
+        HandlerRuntime {
+            names: Names::new(&service, descriptor.name),
+            metrics: HandlerMetrics::new(
+                &service,
+                descriptor.name,
+                descriptor.event.map(|e| e.name),
+            ),
+            descriptor,
+            scope,
+            service,
+            transport,
+            store,
+            counters: Counters::default(),
+            bound: AtomicBool::new(false),
+            acknowledged: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn options(&self) -> &HandlerOptions {
+        &self.descriptor.options
+    }
+
+    pub(crate) fn durable(&self) -> &str {
+        &self.names.durable
+    }
+
+    /// Processes one delivered message end to end and settles it with the broker. `permit`
+    /// (a concurrency slot) is released once the handler returned and its id is recorded.
+    ///
+    /// Not an `async fn` itself: a wrapper future would hold its arguments next to the inner
+    /// future holding them too, and every message's task would be that much larger.
+    pub(crate) fn deliver<'a, A: Acknowledge>(
+        &'a self,
+        delivery: Delivery,
+        settlement: Settlement<A>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        let metadata = delivery.raw.metadata();
+        let span = tracing::info_span!(
+            "eda.handle",
+            event = %metadata.name,
+            id = %metadata.id,
+            version = metadata.version,
+            handler = self.descriptor.name,
+            attempt = delivery.raw.attempt(),
+            correlation_id = %metadata.correlation_id,
+            trace_id = metadata.traceparent.as_deref().and_then(observe::trace::trace_id),
+        );
+        self.deliver_inner(delivery, settlement, permit)
+            .instrument(span)
+    }
+
+    async fn deliver_inner<A: Acknowledge>(
+        &self,
+        delivery: Delivery,
+        settlement: Settlement<A>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let raw = delivery.raw.clone();
+        let key = self.idempotency_key(&delivery);
+        let event = raw.metadata().name.as_str();
+        let decision = match self.process(delivery, key.as_deref(), permit).await {
+            Processed::Decided(decision) => decision,
+            Processed::AlreadyDeadLettered => {
+                tracing::info!("already dead-lettered; terminating it again");
+                if let Err(e) = settlement.term().await {
+                    tracing::warn!(error = %e, "terminating an already dead-lettered message was not confirmed; it will be terminated again");
+                }
+                return;
+            }
+        };
+        match decision {
+            Decision::Ack => {
+                self.counters.handled.fetch_add(1, Ordering::Relaxed);
+                self.metrics.handled(event, observe::Outcome::Success);
+                settlement.ack().await;
+            }
+            Decision::Duplicate => {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.metrics.handled(event, observe::Outcome::Duplicate);
+                settlement.ack().await;
+            }
+            // The failure paths run in futures of their own (boxed): kept inline, their
+            // states (a dead-letter publish, a confirmed term) would make every message's
+            // task several times larger, and spawning it copy that much.
+            Decision::Retry { delay, error } => {
+                tracing::warn!(error = %error, delay = ?delay, "handler failed; will retry");
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                self.metrics.handled(event, observe::Outcome::Retry);
+                Box::pin(settlement.nak(delay)).await;
+            }
+            Decision::DeadLetter { reason, error } => {
+                Box::pin(self.dead_letter(&raw, reason, error, settlement, key)).await;
+            }
+        }
+    }
+
+    fn idempotency_key(&self, delivery: &Delivery) -> Option<String> {
+        (self.options().idempotent != Idempotency::Off).then(|| {
+            self.names
+                .idempotency_key(&delivery.raw.metadata().id, delivery.id_epoch.as_deref())
+        })
+    }
+
+    /// Stores a dead letter, then terminates the original. A dead letter that cannot be
+    /// stored is retried in place (the driver keeps the message alive) for at most
+    /// [`DLQ_RETRY_LIMIT`]; then the message is handed back with a long delay. Never dropped.
+    async fn dead_letter<A: Acknowledge>(
+        &self,
+        raw: &RawEvent,
+        reason: DlqReason,
+        error: String,
+        settlement: Settlement<A>,
+        key: Option<String>,
+    ) {
+        let attempt = raw.attempt();
+        let event = raw.metadata().name.as_str();
+        let letter = DeadLetter {
+            subject: self.names.dlq_subject.clone(),
+            service: self.service.to_string(),
+            handler: self.descriptor.name.to_owned(),
+            reason,
+            error: error.clone(),
+            attempts: attempt,
+            metadata: Arc::clone(raw.metadata_arc()),
+            payload: raw.payload_bytes().clone(),
+            payload_cut: None,
+        };
+        let started = tokio::time::Instant::now();
+        let mut tries = 0u32;
+        loop {
+            match self.transport.dead_letter(letter.clone()).await {
+                Ok(()) => break,
+                Err(dlq_error) => {
+                    tries += 1;
+                    self.metrics.dead_letter_failed();
+                    if started.elapsed() >= DLQ_RETRY_LIMIT {
+                        tracing::error!(reason = %reason, error = %error, dlq_error = %dlq_error,
+                            failing_for = ?started.elapsed(), delay = ?DLQ_FAILING_DELAY,
+                            "the dead letter cannot be stored (is the dead-letter stream missing or full?); handing the message back");
+                        self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.handled(event, observe::Outcome::Retry);
+                        settlement.nak(DLQ_FAILING_DELAY).await;
+                        return;
+                    }
+                    if tries == 1 {
+                        tracing::error!(reason = %reason, error = %error, dlq_error = %dlq_error,
+                            "cannot store the dead letter; retrying (the message is kept)");
+                    }
+                    tokio::time::sleep(backoff_delay(&IN_PLACE, tries, random::unit())).await;
+                }
+            }
+        }
+        tracing::error!(reason = %reason, error = %error, "dead-lettered");
+        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.handled(event, observe::Outcome::DeadLetter);
+        self.metrics.dead_lettered(reason);
+        if let Err(e) = settlement.term().await {
+            // The redelivery must not run the handler again: say it was dead-lettered.
+            let recorded = match &key {
+                Some(key) => self
+                    .store
+                    .record_dead_letter(key)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("idempotency is off".to_owned()),
+            };
+            match recorded {
+                Ok(()) => {
+                    tracing::warn!(error = %e, "terminating the dead-lettered message was not confirmed; its redelivery will be terminated without running the handler")
+                }
+                Err(why) => {
+                    tracing::warn!(error = %e, record = %why, "terminating the dead-lettered message was not confirmed; a redelivery will dead-letter it again (deduplicated)")
+                }
+            }
+        }
+    }
+
+    /// Runs the handler (unless a record says it ran) and decides; records the id on success.
+    async fn process(
+        &self,
+        delivery: Delivery,
+        key: Option<&str>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Processed {
+        let Delivery {
+            raw,
+            redelivered,
+            header_error,
+            ..
+        } = delivery;
+        let options = self.options();
+        let attempt = raw.attempt();
+        if let Some(error) = header_error {
+            let outcome = Outcome::Undecodable(error);
+            return Processed::Decided(decide(&outcome, attempt, options, random::unit()));
+        }
+        let look_up = match options.idempotent {
+            Idempotency::Always => true,
+            Idempotency::Redelivered => redelivered,
+            Idempotency::Off => false,
+        };
+        if let (true, Some(key)) = (look_up, key) {
+            match self.store.lookup(key).await {
+                Ok(Some(Found::Processed)) => return Processed::Decided(Decision::Duplicate),
+                Ok(Some(Found::DeadLettered)) => return Processed::AlreadyDeadLettered,
+                Ok(None) => {}
+                Err(e) => {
+                    // Nothing ran yet: a failed attempt, retried with backoff.
+                    return Processed::Decided(Decision::Retry {
+                        delay: backoff_delay(&options.backoff, attempt, random::unit()),
+                        error: format!("idempotency store: {e}"),
+                    });
+                }
+            }
+        }
+        let outcome = self.run(raw).await;
+        let decision = decide(&outcome, attempt, options, random::unit());
+        if let (Decision::Ack, Some(key)) = (&decision, key) {
+            self.record_in_place(key).await;
+        }
+        drop(permit);
+        Processed::Decided(decision)
+    }
+
+    /// Records a handled event's id, retrying until the store takes it: the handler ran, so
+    /// running it again (nak) would repeat its side effect. The driver keeps the message alive
+    /// meanwhile; at the shutdown deadline the message is handed back.
+    async fn record_in_place(&self, key: &str) {
+        let mut tries = 0u32;
+        loop {
+            match self.store.record(key).await {
+                // Already present: another worker finished the same event first (the broker
+                // redelivered it while this one was still running). Its record stands.
+                Ok(Recorded::Created | Recorded::AlreadyPresent) => return,
+                Err(e) => {
+                    tries += 1;
+                    let delay = backoff_delay(&IN_PLACE, tries, random::unit());
+                    if tries == 1 {
+                        tracing::warn!(error = %e, "cannot record the processed id; retrying (the handler is not run again)");
+                    } else {
+                        tracing::debug!(error = %e, tries, "cannot record the processed id; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt: the handler under its timeout, with panics caught.
+    async fn run(&self, raw: RawEvent) -> Outcome {
+        let timeout = self.options().timeout;
+        let context = Context::new(
+            Arc::clone(raw.metadata_arc()),
+            raw.attempt(),
+            Arc::clone(&self.scope),
+        );
+        let _running = self.metrics.attempt(raw.metadata().time);
+        let invocation = Invocation { raw, context };
+        let attempt = AssertUnwindSafe((self.descriptor.invoke)(invocation)).catch_unwind();
+        match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => Outcome::TimedOut(timeout),
+            Ok(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
+            Ok(Ok(Ok(()))) => Outcome::Success,
+            Ok(Ok(Err(Failure::Handler(e)))) => Outcome::Failed(e),
+            Ok(Ok(Err(Failure::Decode(e)))) => Outcome::Undecodable(e),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> HandlerStats {
+        self.counters.snapshot()
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

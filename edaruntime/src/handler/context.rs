@@ -1,0 +1,189 @@
+//! What a handler can use besides its event: [`Context`] (metadata, follow-up publishing)
+//! and [`State<T>`] (values the app was given).
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use crate::error::PublishError;
+use crate::event::{Event, Metadata};
+use crate::publish::{PublishOptions, Publisher};
+
+/// Shared state handed to handlers that take `State<T>`; provide it with
+/// `App::builder(..).state(value)`.
+///
+/// ```
+/// use eda::State;
+///
+/// struct Mailer { from: &'static str }
+/// let state = State::new(Mailer { from: "noreply@example.com" });
+/// assert_eq!(state.from, "noreply@example.com");
+/// ```
+pub struct State<T: ?Sized>(Arc<T>);
+
+impl<T> State<T> {
+    /// Wraps a value (for calling a handler directly in a test).
+    pub fn new(value: T) -> State<T> {
+        State(Arc::new(value))
+    }
+}
+
+impl<T: ?Sized> State<T> {
+    /// The shared pointer.
+    pub fn arc(&self) -> &Arc<T> {
+        &self.0
+    }
+}
+
+impl<T: ?Sized> Clone for State<T> {
+    fn clone(&self) -> Self {
+        State(Arc::clone(&self.0))
+    }
+}
+
+impl<T: ?Sized> Deref for State<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: ?Sized> fmt::Debug for State<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "State<{}>", std::any::type_name::<T>())
+    }
+}
+
+/// The state values of an app, by type.
+#[derive(Default, Clone)]
+pub(crate) struct StateMap {
+    values: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl StateMap {
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.values.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub(crate) fn insert_arc<T: Send + Sync + 'static>(&mut self, value: Arc<T>) {
+        self.values.insert(TypeId::of::<T>(), value);
+    }
+
+    pub(crate) fn contains(&self, type_id: TypeId) -> bool {
+        self.values.contains_key(&type_id)
+    }
+
+    pub(crate) fn get<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
+        let value = self.values.get(&TypeId::of::<T>())?;
+        Arc::clone(value).downcast::<T>().ok().map(State)
+    }
+}
+
+impl fmt::Debug for StateMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StateMap({} values)", self.values.len())
+    }
+}
+
+/// Per-handler data every [`Context`] of that handler shares: what the handler may use of
+/// its app, given to it rather than the app itself.
+#[derive(Debug)]
+pub(crate) struct Scope {
+    pub(crate) handler: String,
+    pub(crate) publisher: Publisher,
+    pub(crate) states: StateMap,
+}
+
+/// What a handler can do besides reading its event: publish follow-up events (carrying the
+/// correlation id, with this event as their cause), read metadata and shared state.
+#[derive(Clone)]
+pub struct Context {
+    metadata: Arc<Metadata>,
+    attempt: u32,
+    scope: Arc<Scope>,
+    /// How many events this invocation published (shared by the clones extractors make).
+    published: Arc<AtomicU32>,
+}
+
+impl Context {
+    pub(crate) fn new(metadata: Arc<Metadata>, attempt: u32, scope: Arc<Scope>) -> Context {
+        Context {
+            metadata,
+            attempt,
+            scope,
+            published: Arc::default(),
+        }
+    }
+
+    /// Publishes `event` with this event's correlation id and this event as its cause; returns
+    /// the new event's id once the broker stored it.
+    ///
+    /// The id is derived from this event's id, the handler's name and how many events this
+    /// invocation published before: a handler that publishes and then fails publishes the
+    /// same ids when it runs again, so the broker's duplicate window drops the repeats and
+    /// downstream idempotency recognises them. Publish in the same order on every attempt.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<String, PublishError> {
+        let index = self.published.fetch_add(1, Ordering::Relaxed);
+        let mut options = PublishOptions::default()
+            .id(crate::publish::derived_id(
+                &self.metadata.id,
+                &self.scope.handler,
+                index,
+            ))
+            .correlation_id(self.metadata.correlation_id.clone())
+            .causation_id(self.metadata.id.clone());
+        if let Some(traceparent) = &self.metadata.traceparent {
+            options = options.traceparent(traceparent.clone());
+        }
+        self.scope.publisher.send(event, options).await
+    }
+
+    /// The current event's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The current event's id.
+    pub fn event_id(&self) -> &str {
+        &self.metadata.id
+    }
+
+    /// The correlation id follow-up events will carry.
+    pub fn correlation_id(&self) -> &str {
+        &self.metadata.correlation_id
+    }
+
+    /// Which delivery of this event this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The handler's name.
+    pub fn handler(&self) -> &str {
+        &self.scope.handler
+    }
+
+    /// The service running the handler.
+    pub fn service(&self) -> &str {
+        self.scope.publisher.service()
+    }
+
+    /// A state value, if the app was given one of type `T`.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
+        self.scope.states.get::<T>()
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("handler", &self.scope.handler)
+            .field("event", &self.metadata.name)
+            .field("id", &self.metadata.id)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}

@@ -1,0 +1,101 @@
+//! The traits the core talks to, and the messages that cross them: [`Transport`] (the
+//! publishing side of a broker), [`Source`] (where a consume loop takes messages from) and
+//! [`Acknowledge`] (how one message is settled). Transports implement them; delivery and
+//! publishing use them and never name a transport.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::dlq::DeadLetter;
+use crate::error::{BoxError, PublishError};
+use crate::event::{DecodeError, Metadata, RawEvent};
+
+/// A message on its way to the broker.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    pub(crate) metadata: Arc<Metadata>,
+    pub(crate) payload: Bytes,
+    /// The id is stable across retries (chosen by the caller, or derived from the causing
+    /// event): the broker's duplicate window applies to it.
+    pub(crate) explicit_id: bool,
+}
+
+/// Messages to publish, encoded one by one as they are taken.
+pub(crate) type OutboundStream<'a> =
+    dyn Iterator<Item = Result<Outbound, PublishError>> + Send + 'a;
+
+/// The publishing side of a transport.
+pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Stores one message; `Ok` once the broker confirmed it.
+    fn publish(&self, message: Outbound) -> BoxFuture<'_, Result<(), PublishError>>;
+
+    /// Stores many messages with confirmations in flight together. The messages are encoded
+    /// as the transport takes them, so encoding overlaps with the broker's work; the first
+    /// error (encoding or broker) ends the call.
+    fn publish_many<'a>(
+        &'a self,
+        messages: &'a mut OutboundStream<'_>,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
+
+    /// Stores a dead letter; `Ok` once the broker confirmed it.
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), PublishError>>;
+}
+
+/// A message as a transport hands it to delivery.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) raw: RawEvent,
+    /// The broker's word that it delivered this message before (or that this consumer may
+    /// have handled it before, e.g. after it was recreated from an older position).
+    pub(crate) redelivered: bool,
+    /// Set when the headers already make the message undecodable (they name another event
+    /// than the subject, or carry a bad version).
+    pub(crate) header_error: Option<DecodeError>,
+    /// Set when the event id is only the message's stream position (a plain client sent no
+    /// `Nats-Msg-Id`): names the stream's incarnation, so that the sequences of a recreated
+    /// stream are not taken for the old stream's in idempotency keys.
+    pub(crate) id_epoch: Option<Arc<str>>,
+}
+
+/// Settles one delivered message with the broker. Cheap to clone (a running handler's
+/// in-progress acks use a clone); the consume driver makes sure exactly one of `ack`, `nak`,
+/// `term` or `hand_back` is called.
+pub(crate) trait Acknowledge: Clone + Send + Sync + 'static {
+    /// Done: do not deliver again.
+    fn ack(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// Deliver again after `delay`.
+    fn nak(&self, delay: Duration) -> impl std::future::Future<Output = ()> + Send;
+    /// Never deliver again (after dead-lettering); `Ok` once the broker confirmed it.
+    fn term(&self) -> impl std::future::Future<Output = Result<(), BoxError>> + Send;
+    /// Still working on it: restart the broker's ack wait.
+    fn in_progress(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// How often a running handler sends [`Acknowledge::in_progress`]; `None` where the
+    /// broker has no ack wait.
+    fn progress_period(&self) -> Option<Duration>;
+    /// Gives the message back for redelivery now, without a delay: its handler was cut off
+    /// (shutdown deadline) or never started. Runs from a drop guard, so it cannot wait: what
+    /// must still be sent is returned, and the driver sends it before it returns.
+    fn hand_back(&self) -> Option<BoxFuture<'static, ()>>;
+}
+
+/// Where a consume loop takes one handler's messages from.
+pub(crate) trait Source: Send {
+    /// How the messages of this source are settled.
+    type Ack: Acknowledge;
+
+    /// The next message. `room` is how many messages the loop can start right now (the one
+    /// it will start included): a source asks its broker for no more, so that no message
+    /// waits in a client buffer with its ack wait running. `None`: nothing this time (the
+    /// source reopened, or failed and waited); the loop asks again.
+    fn next(
+        &mut self,
+        room: usize,
+    ) -> impl std::future::Future<Output = Option<(Delivery, Self::Ack)>> + Send;
+
+    /// Shutdown started: give back what was received but not started.
+    fn release(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}

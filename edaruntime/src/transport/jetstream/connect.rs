@@ -1,0 +1,159 @@
+//! Connecting: the URL list, credentials, TLS, the connection's events, and the number of
+//! replicas new streams get.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::ServerAddr;
+
+use super::ack::AckSender;
+use super::JetStream;
+use crate::config::{NatsAuth, NatsSettings};
+use crate::error::{Error, ErrorKind};
+use crate::observe;
+
+impl JetStream {
+    /// Connects (bounded by the connect timeout), checking JetStream is enabled.
+    pub(crate) async fn connect(
+        settings: &NatsSettings,
+        service: &str,
+    ) -> Result<JetStream, Error> {
+        let url = &settings.url;
+        let addresses = settings
+            .url
+            .split(',')
+            .map(|u| u.trim().parse::<ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Config,
+                    format!("cannot parse NATS URL `{url}`: {e}"),
+                    e,
+                )
+            })?;
+        let connected = Arc::new(AtomicBool::new(false));
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let mut options = async_nats::ConnectOptions::new()
+            .name(service)
+            .connection_timeout(settings.connect_timeout)
+            .max_reconnects(None)
+            .event_callback({
+                let connected = Arc::clone(&connected);
+                let reconnects = Arc::clone(&reconnects);
+                // Set while the connection is lost: the next `Connected` is a reconnect.
+                let lost = Arc::new(AtomicBool::new(false));
+                move |event| {
+                    match event {
+                        async_nats::Event::Connected => {
+                            connected.store(true, Ordering::SeqCst);
+                            if lost.swap(false, Ordering::SeqCst) {
+                                reconnects.fetch_add(1, Ordering::Relaxed);
+                                observe::broker_reconnected();
+                            }
+                            observe::broker_connected(true);
+                            tracing::info!("connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => {
+                            connected.store(false, Ordering::SeqCst);
+                            lost.store(true, Ordering::SeqCst);
+                            observe::broker_connected(false);
+                            tracing::warn!("disconnected from NATS; reconnecting");
+                        }
+                        other => tracing::debug!(event = %other, "NATS event"),
+                    }
+                    async {}
+                }
+            });
+        options = match &settings.auth {
+            NatsAuth::None => options,
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(token) => options.token(token.clone()),
+            NatsAuth::CredentialsFile(path) => {
+                options.credentials_file(path).await.map_err(|e| {
+                    let message = format!("cannot read credentials file `{}`: {e}", path.display());
+                    Error::with_source(ErrorKind::Config, message, e)
+                })?
+            }
+        };
+        if let Some(ca) = &settings.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let attempt = tokio::time::timeout(
+            settings.connect_timeout + Duration::from_secs(1),
+            options.connect(addresses),
+        )
+        .await;
+        let client = match attempt {
+            Err(_) => {
+                return Err(Error::new(ErrorKind::Connect, format!(
+                    "cannot connect to NATS at `{url}`: no answer within {}; is nats-server running there?",
+                    humantime::format_duration(settings.connect_timeout)
+                )))
+            }
+            Ok(Err(e)) => return Err(connect_error(url, e)),
+            Ok(Ok(client)) => client,
+        };
+        connected.store(true, Ordering::SeqCst);
+        observe::broker_connected(true);
+        let info = client.server_info();
+        if !info.jetstream {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                format!(
+                "the NATS server at `{url}` has JetStream disabled: start nats-server with `-js`"
+            ),
+            ));
+        }
+        let replicas = settings.topology.replicas.unwrap_or_else(|| {
+            match (&info.cluster, info.connect_urls.len()) {
+                (Some(_), seen) if seen >= 3 => 3,
+                (Some(cluster), seen) => {
+                    // A cluster still forming its routes lists fewer servers: new streams
+                    // would get one replica. Say so; EDA_STREAM_REPLICAS makes it explicit.
+                    tracing::warn!(
+                        cluster = %cluster,
+                        servers = seen,
+                        "the cluster lists fewer than 3 servers: new streams get 1 replica \
+                         (set EDA_STREAM_REPLICAS to choose)"
+                    );
+                    1
+                }
+                (None, _) => 1,
+            }
+        });
+        let context = jetstream::ContextBuilder::new()
+            .timeout(settings.publish_timeout)
+            .build(client.clone());
+        Ok(JetStream {
+            acks: Arc::new(AckSender::new(
+                client.clone(),
+                context.clone(),
+                settings.topology.ack_wait,
+            )),
+            client,
+            context,
+            settings: settings.clone(),
+            replicas,
+            connected,
+            reconnects,
+        })
+    }
+}
+
+fn connect_error(url: &str, error: async_nats::ConnectError) -> Error {
+    use async_nats::ConnectErrorKind as Kind;
+    let (kind, message) = match error.kind() {
+        Kind::AuthorizationViolation | Kind::Authentication => (ErrorKind::Auth, format!(
+            "the NATS server at `{url}` rejected the credentials ({error}): check EDA_NATS_USER/EDA_NATS_PASSWORD, EDA_NATS_TOKEN or EDA_NATS_CREDS"
+        )),
+        Kind::Tls => (ErrorKind::Auth, format!("TLS with the NATS server at `{url}` failed ({error}): check EDA_NATS_TLS_CA and the URL's host name")),
+        Kind::TimedOut => (ErrorKind::Connect, format!("cannot connect to NATS at `{url}`: timed out; is nats-server running there?")),
+        Kind::ServerParse | Kind::Dns => (ErrorKind::Config, format!("cannot resolve the NATS URL `{url}`: {error}")),
+        _ => (ErrorKind::Connect, format!("cannot connect to NATS at `{url}`: {error}; is nats-server running there?")),
+    };
+    Error::with_source(kind, message, error)
+}

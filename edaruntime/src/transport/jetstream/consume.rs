@@ -1,0 +1,396 @@
+//! Pulling for the consume driver. eda sends its own pull requests (rather than async-nats'
+//! pull stream) so that it never asks for more messages than the driver can start at once: a
+//! pulled message's ack wait runs from the moment the server sends it, and a message waiting
+//! in a client buffer behind busy handlers would be redelivered to another instance while
+//! this one still holds it. One request is outstanding at a time; it ends when it is filled,
+//! when it expires (the server says so), or when its heartbeats stop — then the next one is
+//! sent, so a lost request costs at most two heartbeats, never a stall.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::{StatusCode, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use super::ack::JsAck;
+use super::JetStream;
+use crate::delivery::{driver, HandlerRuntime};
+use crate::event::RawEvent;
+use crate::lifecycle::Signals;
+use crate::port::{Acknowledge, Delivery, Source};
+use crate::wire;
+
+/// How long one pull request waits at the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// How often the server says a waiting pull request is alive; two missed and the request is
+/// taken for lost.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long to wait before pulling again after the broker could not serve a pull.
+const PULL_RETRY: Duration = Duration::from_secs(1);
+
+impl JetStream {
+    /// Runs one app instance's share of a handler's durable consumer until `signals` says
+    /// stop. `acknowledged` is the consumer's ack floor when it was bound.
+    pub(crate) async fn consume(
+        self: Arc<Self>,
+        runtime: Arc<HandlerRuntime>,
+        acknowledged: u64,
+        signals: Signals,
+    ) {
+        runtime
+            .acknowledged
+            .fetch_max(acknowledged, Ordering::SeqCst);
+        let epoch = self.stream_epoch().await;
+        let source = PullSource {
+            subject: format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                self.settings.topology.events_stream,
+                runtime.durable()
+            ),
+            inbox: self.client.new_inbox(),
+            prefix: self.subject_prefix(),
+            js: self,
+            runtime: Arc::clone(&runtime),
+            subscription: None,
+            requested: 0,
+            heard: Instant::now(),
+            expires_at: Instant::now(),
+            epoch,
+            seen_before: 0,
+            highest: 0,
+        };
+        driver::drive(runtime, source, signals).await;
+    }
+
+    /// Names this incarnation of the event stream (its name and creation time), for the
+    /// idempotency keys of messages whose id is only their stream sequence.
+    async fn stream_epoch(&self) -> Arc<str> {
+        let name = &self.settings.topology.events_stream;
+        let created = match self.context.get_stream(name).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .map(|info| {
+                    info.config.name.clone()
+                        + "-"
+                        + &info.created.unix_timestamp_nanos().to_string()
+                })
+                .ok(),
+            Err(_) => None,
+        };
+        Arc::from(created.unwrap_or_else(|| name.clone()))
+    }
+}
+
+/// One instance's share of a handler's durable consumer, pulled with eda's own requests.
+struct PullSource {
+    js: Arc<JetStream>,
+    runtime: Arc<HandlerRuntime>,
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`.
+    subject: String,
+    inbox: String,
+    prefix: String,
+    subscription: Option<Subscriber>,
+    /// Messages the outstanding pull request may still bring (0: none outstanding).
+    requested: usize,
+    /// When the server was last heard from about the outstanding request.
+    heard: Instant,
+    /// When the outstanding request expires at the server.
+    expires_at: Instant,
+    epoch: Arc<str>,
+    /// Stream sequences up to this one may have been handled by a consumer deleted behind the
+    /// app's back: look their ids up even on a first delivery.
+    seen_before: u64,
+    /// The highest stream sequence this instance received.
+    highest: u64,
+}
+
+enum Heard {
+    Message(async_nats::Message),
+    /// The subscription ended (the connection closed).
+    Ended,
+    /// Nothing within two heartbeats, or past the request's expiry.
+    Silence,
+}
+
+impl Source for PullSource {
+    type Ack = JsAck;
+
+    async fn next(&mut self, room: usize) -> Option<(Delivery, JsAck)> {
+        loop {
+            if self.subscription.is_none() {
+                match self.js.client.subscribe(self.inbox.clone()).await {
+                    Ok(subscription) => self.subscription = Some(subscription),
+                    Err(e) => {
+                        self.unbound(&format!("cannot subscribe for pulled messages: {e}"));
+                        tokio::time::sleep(PULL_RETRY).await;
+                        return None;
+                    }
+                }
+            }
+            if self.requested == 0 && !self.pull(room).await {
+                tokio::time::sleep(PULL_RETRY).await;
+                return None;
+            }
+            let heard = self.listen().await;
+            match heard {
+                Heard::Ended => {
+                    self.subscription = None;
+                    self.requested = 0;
+                    self.unbound("the pull subscription ended; reopening it");
+                    tokio::time::sleep(PULL_RETRY).await;
+                    return None;
+                }
+                Heard::Silence => {
+                    let expired = Instant::now() >= self.expires_at;
+                    self.requested = 0;
+                    if !expired {
+                        self.unbound("missed heartbeats from the server; pulling again");
+                        self.check_consumer().await;
+                        return None;
+                    }
+                }
+                Heard::Message(message) => {
+                    self.heard = Instant::now();
+                    match message.status {
+                        None | Some(StatusCode::OK) => {
+                            self.requested = self.requested.saturating_sub(1);
+                            self.bound();
+                            if let Some(found) = self.delivery(message).await {
+                                return Some(found);
+                            }
+                        }
+                        Some(StatusCode::IDLE_HEARTBEAT) => self.bound(),
+                        Some(status) => {
+                            if let Some(wait) =
+                                self.status(status, message.description.as_deref()).await
+                            {
+                                tokio::time::sleep(wait).await;
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn release(&mut self) {
+        // Messages of the outstanding request that arrived but were not started.
+        while let Some(Some(message)) = self
+            .subscription
+            .as_mut()
+            .and_then(|s| futures_util::FutureExt::now_or_never(s.next()))
+        {
+            if message.status.is_none() {
+                if let Some(reply) = message.reply {
+                    if let Some(sending) = self.js.ack_for(reply).hand_back() {
+                        sending.await;
+                    }
+                }
+            }
+        }
+        if let Some(mut subscription) = self.subscription.take() {
+            let _ = subscription.unsubscribe().await;
+        }
+    }
+}
+
+impl PullSource {
+    /// Asks for `room` messages. False if the request could not be sent.
+    async fn pull(&mut self, room: usize) -> bool {
+        let request = serde_json::json!({
+            "batch": room.max(1),
+            "expires": PULL_EXPIRES.as_nanos() as u64,
+            "idle_heartbeat": PULL_HEARTBEAT.as_nanos() as u64,
+        });
+        let payload = Bytes::from(request.to_string());
+        match self
+            .js
+            .client
+            .publish_with_reply(self.subject.clone(), self.inbox.clone(), payload)
+            .await
+        {
+            Ok(()) => {
+                self.requested = room.max(1);
+                self.heard = Instant::now();
+                self.expires_at = self.heard + PULL_EXPIRES;
+                true
+            }
+            Err(e) => {
+                self.unbound(&format!("cannot send a pull request: {e}"));
+                false
+            }
+        }
+    }
+
+    async fn listen(&mut self) -> Heard {
+        let Some(subscription) = self.subscription.as_mut() else {
+            return Heard::Ended;
+        };
+        let silent_at = (self.heard + 2 * PULL_HEARTBEAT).min(self.expires_at + PULL_HEARTBEAT);
+        tokio::select! {
+            message = subscription.next() => match message {
+                Some(message) => Heard::Message(message),
+                None => Heard::Ended,
+            },
+            () = tokio::time::sleep_until(silent_at) => Heard::Silence,
+        }
+    }
+
+    /// A status ends the outstanding request; returns how long to wait before pulling again.
+    async fn status(&mut self, status: StatusCode, description: Option<&str>) -> Option<Duration> {
+        self.requested = 0;
+        let durable = self.runtime.durable();
+        match (status, description) {
+            // Expired, or the server has nothing for a no-wait request: pull again at once.
+            (StatusCode::TIMEOUT | StatusCode::NOT_FOUND, _) => {
+                self.bound();
+                None
+            }
+            (StatusCode::REQUEST_TERMINATED, Some(d)) if d.contains("Consumer Deleted") => {
+                self.unbound("the consumer was deleted");
+                self.check_consumer().await;
+                Some(Duration::ZERO)
+            }
+            // A leadership change, or the server's limits on waiting requests: pull again.
+            (StatusCode::REQUEST_TERMINATED, Some(d)) if d.contains("Leadership Change") => None,
+            (StatusCode::NO_RESPONDERS, _) => {
+                self.unbound("no server answers pull requests (is the stream's leader down?)");
+                Some(PULL_RETRY)
+            }
+            (status, description) => {
+                tracing::warn!(consumer = %durable, %status, description, "the server ended a pull request; pulling again");
+                Some(PULL_RETRY)
+            }
+        }
+    }
+
+    /// Recreates the consumer if it is gone, from where the app last saw it acknowledged.
+    async fn check_consumer(&mut self) {
+        let durable = self.runtime.durable().to_owned();
+        match self.js.consumer_exists(&durable).await {
+            Ok(true) | Err(_) => {}
+            Ok(false) => {
+                let position = self.runtime.acknowledged.load(Ordering::SeqCst);
+                tracing::warn!(consumer = %durable, from_sequence = position + 1,
+                    "the consumer was deleted behind the app's back; recreating it from the last acknowledged position (messages after it are delivered again and recognised by idempotency)");
+                match self
+                    .js
+                    .recreate_consumer(&durable, self.runtime.descriptor, position)
+                    .await
+                {
+                    Ok(_) => self.seen_before = self.seen_before.max(self.highest),
+                    Err(e) => {
+                        tracing::error!(consumer = %durable, error = %e, "cannot recreate the consumer; trying again")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A pulled message as the driver takes it; `None` (after terminating it) for a message
+    /// without JetStream metadata, which would otherwise come back forever.
+    async fn delivery(&mut self, message: async_nats::Message) -> Option<(Delivery, JsAck)> {
+        let reply = message.reply.clone()?;
+        let Some(info) = AckInfo::parse(reply.as_str()) else {
+            tracing::error!(subject = %message.subject, reply = %reply,
+                "a pulled message without JetStream metadata; terminating it");
+            let ack = self.js.ack_for(reply);
+            if let Err(e) = ack.term().await {
+                tracing::debug!(error = %e, "terminating it was not confirmed");
+            }
+            return None;
+        };
+        self.highest = self.highest.max(info.stream_sequence);
+        let subject = message.subject.as_str();
+        let name = subject.strip_prefix(&self.prefix).unwrap_or(subject);
+        let headers = message.headers.as_ref();
+        let lookup = |key: &str| headers.and_then(|h| h.get(key)).map(|v| v.as_str());
+        let (metadata, header_error) = wire::decode(
+            name,
+            &lookup,
+            Some(info.stream_sequence),
+            Some(info.published),
+        );
+        let id_epoch = lookup(wire::MSG_ID)
+            .is_none()
+            .then(|| Arc::clone(&self.epoch));
+        let attempt = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
+        let delivery = Delivery {
+            raw: RawEvent::new(metadata, message.payload, attempt),
+            redelivered: attempt > 1 || info.stream_sequence <= self.seen_before,
+            header_error,
+            id_epoch,
+        };
+        Some((delivery, self.js.ack_for(reply)))
+    }
+
+    fn bound(&self) {
+        self.runtime.bound.store(true, Ordering::SeqCst);
+    }
+
+    fn unbound(&self, why: &str) {
+        if self.runtime.bound.swap(false, Ordering::SeqCst) {
+            tracing::warn!(consumer = %self.runtime.durable(), "{why}");
+        } else {
+            tracing::debug!(consumer = %self.runtime.durable(), "{why}");
+        }
+    }
+}
+
+/// What a JetStream message's reply subject says about it:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or
+/// with `<domain>.<account hash>.` before the stream (ADR-15).
+#[derive(Debug, PartialEq, Eq)]
+struct AckInfo {
+    delivered: u64,
+    stream_sequence: u64,
+    published: SystemTime,
+}
+
+impl AckInfo {
+    fn parse(reply: &str) -> Option<AckInfo> {
+        let rest = reply.strip_prefix("$JS.ACK.")?;
+        let tokens: Vec<&str> = rest.split('.').collect();
+        let numbers = match tokens.len() {
+            7 | 8 => &tokens[2..],
+            n if n >= 9 => &tokens[4..],
+            _ => return None,
+        };
+        let delivered = numbers.first()?.parse().ok()?;
+        let stream_sequence = numbers.get(1)?.parse().ok()?;
+        let nanos: u64 = numbers.get(3)?.parse().ok()?;
+        Some(AckInfo {
+            delivered,
+            stream_sequence,
+            published: UNIX_EPOCH + Duration::from_nanos(nanos),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_subjects_of_both_formats_are_read() {
+        let v1 = AckInfo::parse("$JS.ACK.EDA_EVENTS.svc__h.2.17.5.1700000000000000000.3");
+        assert_eq!(
+            v1,
+            Some(AckInfo {
+                delivered: 2,
+                stream_sequence: 17,
+                published: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000),
+            })
+        );
+        let v2 =
+            AckInfo::parse("$JS.ACK._.ACCHASH.EDA_EVENTS.svc__h.1.9.9.1700000000000000000.0.tok");
+        assert_eq!(v2.map(|i| (i.delivered, i.stream_sequence)), Some((1, 9)));
+        assert_eq!(AckInfo::parse("_INBOX.abc"), None);
+        assert_eq!(AckInfo::parse("$JS.ACK.too.few"), None);
+    }
+}

@@ -1,0 +1,70 @@
+//! The NATS JetStream transport: connecting, provisioning (DESIGN.md §5), publishing with
+//! broker confirmation, pulling for the consume driver, acks, the processed-id store, and
+//! inspection for tests and tools. What to do with a message is decided in
+//! [`crate::delivery`]; this module only carries bytes, acks and naks.
+
+mod ack;
+mod connect;
+mod consume;
+mod inspect;
+mod kv;
+mod provision;
+mod publish;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::jetstream;
+
+use crate::config::NatsSettings;
+use crate::error::{Error, ErrorKind};
+
+/// A connection to NATS with JetStream, and the topology eda needs on it.
+pub(crate) struct JetStream {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    settings: NatsSettings,
+    replicas: usize,
+    connected: Arc<AtomicBool>,
+    reconnects: Arc<AtomicU64>,
+    acks: Arc<ack::AckSender>,
+}
+
+impl fmt::Debug for JetStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStream")
+            .field("url", &self.settings.url)
+            .field("replicas", &self.replicas)
+            .finish()
+    }
+}
+
+impl JetStream {
+    /// Whether the connection is up now.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// How many times the connection came back after being lost.
+    #[allow(dead_code)]
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// `<prefix>.`: what every event subject starts with.
+    fn subject_prefix(&self) -> String {
+        format!("{}.", self.settings.topology.subject_prefix)
+    }
+
+    /// The stream `name`, or an error of `kind` naming it.
+    async fn stream(
+        &self,
+        name: &str,
+        kind: ErrorKind,
+    ) -> Result<jetstream::stream::Stream, Error> {
+        self.context.get_stream(name).await.map_err(|e| {
+            Error::with_source(kind, format!("cannot look up stream `{name}`: {e}"), e)
+        })
+    }
+}

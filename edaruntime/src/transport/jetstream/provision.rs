@@ -1,0 +1,434 @@
+//! Provisioning (DESIGN.md §5), idempotent and safe from many instances at once: the event
+//! and dead-letter streams, the key-value buckets, the schema registry, and each handler's
+//! durable consumer.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+
+use super::JetStream;
+use crate::error::{Error, ErrorKind, Provisioned};
+use crate::handler::{HandlerDescriptor, Start};
+use crate::registry;
+
+const STREAM: ErrorKind = ErrorKind::Provision {
+    what: Provisioned::Stream,
+};
+const CONSUMER: ErrorKind = ErrorKind::Provision {
+    what: Provisioned::Consumer,
+};
+const BUCKET: ErrorKind = ErrorKind::Provision {
+    what: Provisioned::Bucket,
+};
+
+impl JetStream {
+    /// Creates what is missing (streams, buckets) and checks what exists; registers schemas.
+    /// Safe to run from many instances at once.
+    pub(crate) async fn provision(&self) -> Result<(), Error> {
+        let t = &self.settings.topology;
+        self.ensure_stream(
+            &t.events_stream,
+            &format!("{}.>", t.subject_prefix),
+            t.max_age,
+        )
+        .await?;
+        // Dead letters wait for someone to look at them: no age limit.
+        self.ensure_stream(&t.dlq_stream, "dlq.>", Duration::ZERO)
+            .await?;
+        self.ensure_bucket(&t.processed_bucket, t.processed_ttl)
+            .await?;
+        let schemas = self
+            .ensure_bucket(&t.schemas_bucket, Duration::ZERO)
+            .await?;
+        self.register_schemas(&schemas).await
+    }
+
+    async fn ensure_stream(
+        &self,
+        name: &str,
+        subject: &str,
+        max_age: Duration,
+    ) -> Result<(), Error> {
+        let t = &self.settings.topology;
+        let wanted = stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window: t.duplicate_window,
+            max_age,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            match self.context.get_stream(name).await {
+                Ok(mut existing) => {
+                    let info = existing.info().await.map_err(|e| {
+                        Error::with_source(STREAM, format!("cannot read stream `{name}`: {e}"), e)
+                    })?;
+                    return self.check_stream(name, subject, &info.config);
+                }
+                Err(e) if is_code(&e, jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+                    match self.context.create_stream(wanted.clone()).await {
+                        Ok(_) => {
+                            tracing::info!(
+                                stream = name,
+                                subject,
+                                replicas = self.replicas,
+                                "created stream"
+                            );
+                            return Ok(());
+                        }
+                        // Another instance created it first: read and check it.
+                        Err(e) if already_exists(&e) => continue,
+                        Err(e) => {
+                            let message =
+                                format!("cannot create stream `{name}` for `{subject}`: {e}");
+                            return Err(Error::with_source(STREAM, message, e));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = format!("cannot look up stream `{name}`: {e}");
+                    return Err(Error::with_source(STREAM, message, e));
+                }
+            }
+        }
+        Err(Error::new(
+            STREAM,
+            format!("stream `{name}` could not be created or read"),
+        ))
+    }
+
+    /// An existing stream must carry eda's subjects with limits retention; eda never rewrites
+    /// a stream it finds.
+    fn check_stream(
+        &self,
+        name: &str,
+        subject: &str,
+        config: &stream::Config,
+    ) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        if !config.subjects.iter().any(|s| s == subject) {
+            problems.push(format!(
+                "stream `{name}` exists with subjects {:?}, but eda needs `{subject}` in `subjects`: edit the stream, or choose another name with `.stream_name(..)`",
+                config.subjects
+            ));
+        }
+        if config.retention != stream::RetentionPolicy::Limits {
+            problems.push(format!(
+                "stream `{name}` exists with `retention` {:?}, but eda needs `limits` (every service reads every event)",
+                config.retention
+            ));
+        }
+        if let Some(replicas) = self.settings.topology.replicas {
+            if config.num_replicas != replicas {
+                problems.push(format!(
+                    "stream `{name}` exists with `num_replicas` {}, but {replicas} was asked for",
+                    config.num_replicas
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(STREAM, problems.join("; ")))
+        }
+    }
+
+    /// Binds the key-value bucket `bucket`, creating its stream if missing. The stream is
+    /// created directly (with the key-value conventions) rather than through async-nats'
+    /// `create_key_value`, which first asks for account info in a shape nats-server 2.9 does
+    /// not send.
+    pub(super) async fn ensure_bucket(
+        &self,
+        bucket: &str,
+        ttl: Duration,
+    ) -> Result<kv::Store, Error> {
+        if let Ok(store) = self.context.get_key_value(bucket).await {
+            return Ok(store);
+        }
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: self.replicas,
+            // The duplicate window may not exceed the age limit.
+            duplicate_window: if ttl.is_zero() {
+                Duration::from_secs(120)
+            } else {
+                ttl.min(Duration::from_secs(120))
+            },
+            ..Default::default()
+        };
+        let created = self.context.create_stream(config).await;
+        // Another instance may have created it at the same moment: binding decides.
+        self.context
+            .get_key_value(bucket)
+            .await
+            .map_err(|bind_error| match created {
+                Err(create_error) => Error::with_source(
+                    BUCKET,
+                    format!("cannot create key-value bucket `{bucket}`: {create_error}"),
+                    create_error,
+                ),
+                Ok(_) => Error::with_source(
+                    BUCKET,
+                    format!("cannot bind key-value bucket `{bucket}`: {bind_error}"),
+                    bind_error,
+                ),
+            })
+    }
+
+    /// Writes each event version's schema to the registry if absent; a different fingerprint
+    /// already there is a startup error.
+    async fn register_schemas(&self, schemas: &kv::Store) -> Result<(), Error> {
+        let bucket = &self.settings.topology.schemas_bucket;
+        let mut problems = Vec::new();
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for event in registry::catalog().events {
+            let key = format!("{}.v{}", event.name, event.version);
+            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+                if *other != event.fingerprint {
+                    problems.push(format!(
+                        "event `{}` v{} has two different schemas in this binary (fingerprints `{other}` and `{}`): give one of them another version",
+                        event.name, event.version, event.fingerprint
+                    ));
+                }
+                continue;
+            }
+            seen.push((key.clone(), event.fingerprint.clone()));
+            let value = serde_json::json!({
+                "name": event.name,
+                "version": event.version,
+                "fingerprint": event.fingerprint,
+                "schema": event.schema,
+            });
+            // A `Value` always serializes.
+            let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+            match schemas.create(&key, bytes).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let stored = schemas.get(&key).await.map_err(|e| {
+                        let message = format!("cannot read schema `{key}` from `{bucket}`: {e}");
+                        Error::with_source(BUCKET, message, e)
+                    })?;
+                    let registered = stored
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["fingerprint"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    if registered != event.fingerprint {
+                        problems.push(format!(
+                            "event `{}` v{}: this binary's schema has fingerprint `{}` but the registry `{bucket}` has `{registered}`; another service publishes or reads a different schema under this version — give the changed schema a new version",
+                            event.name, event.version, event.fingerprint
+                        ));
+                    }
+                }
+                Err(e) => {
+                    let message = format!("cannot register schema `{key}` in `{bucket}`: {e}");
+                    return Err(Error::with_source(BUCKET, message, e));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::SchemaConflict, problems.join("; ")))
+        }
+    }
+
+    /// The consumer's filter subject for a handler's subject pattern.
+    pub(crate) fn filter_subject(&self, subject: &str) -> String {
+        format!("{}.{subject}", self.settings.topology.subject_prefix)
+    }
+
+    /// The durable pull consumer of one handler, created if missing. An existing one with
+    /// another filter or ack policy is an error; its limits are updated to what the code asks
+    /// (a limit that cannot be updated is an error too). Returns its info.
+    pub(crate) async fn consumer(
+        &self,
+        durable: &str,
+        descriptor: &HandlerDescriptor,
+    ) -> Result<consumer::Info, Error> {
+        let t = &self.settings.topology;
+        let stream = self.stream(&t.events_stream, CONSUMER).await?;
+        let wanted = self.consumer_config(durable, descriptor, None);
+        self.bind_consumer(&stream, durable, descriptor, wanted)
+            .await
+    }
+
+    /// What eda asks of a handler's consumer; `start_after` makes it start after that stream
+    /// sequence (a consumer recreated where the old one was) instead of the handler's `start`.
+    fn consumer_config(
+        &self,
+        durable: &str,
+        descriptor: &HandlerDescriptor,
+        start_after: Option<u64>,
+    ) -> consumer::pull::Config {
+        let t = &self.settings.topology;
+        let options = &descriptor.options;
+        consumer::pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: self.filter_subject(descriptor.subject),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: t.ack_wait,
+            // Dead-lettering is decided here from the delivery count; the server must never
+            // stop redelivering on its own (a failed DLQ publish is retried through redelivery).
+            max_deliver: -1,
+            max_ack_pending: max_ack_pending(options.concurrency),
+            deliver_policy: match (start_after, options.start) {
+                (Some(sequence), _) => consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: sequence + 1,
+                },
+                (None, Start::New) => consumer::DeliverPolicy::New,
+                (None, Start::All) => consumer::DeliverPolicy::All,
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Recreates a consumer deleted behind the app's back, starting after `position` (the last
+    /// stream sequence the app knows to be acknowledged), so that its backlog is not skipped.
+    pub(crate) async fn recreate_consumer(
+        &self,
+        durable: &str,
+        descriptor: &HandlerDescriptor,
+        position: u64,
+    ) -> Result<consumer::Info, Error> {
+        let t = &self.settings.topology;
+        let stream = self.stream(&t.events_stream, CONSUMER).await?;
+        let wanted = self.consumer_config(durable, descriptor, Some(position));
+        self.bind_consumer(&stream, durable, descriptor, wanted)
+            .await
+    }
+
+    /// Whether the handler's consumer exists (an error when the broker cannot say).
+    pub(crate) async fn consumer_exists(&self, durable: &str) -> Result<bool, Error> {
+        let t = &self.settings.topology;
+        let stream = self.stream(&t.events_stream, CONSUMER).await?;
+        match stream.consumer_info(durable).await {
+            Ok(_) => Ok(true),
+            Err(e) if consumer_missing(&e) => Ok(false),
+            Err(e) => {
+                let message = format!("cannot look up consumer `{durable}`: {e}");
+                Err(Error::with_source(CONSUMER, message, e))
+            }
+        }
+    }
+
+    async fn bind_consumer(
+        &self,
+        stream: &jetstream::stream::Stream,
+        durable: &str,
+        descriptor: &HandlerDescriptor,
+        wanted: consumer::pull::Config,
+    ) -> Result<consumer::Info, Error> {
+        let t = &self.settings.topology;
+        match stream.consumer_info(durable).await {
+            Ok(info) => {
+                let have = &info.config;
+                if have.filter_subject != wanted.filter_subject {
+                    return Err(Error::new(CONSUMER, format!(
+                        "consumer `{durable}` exists with `filter_subject` `{}`, but handler `{}` subscribes to `{}`: delete the consumer or rename the handler",
+                        have.filter_subject, descriptor.name, wanted.filter_subject
+                    )));
+                }
+                if have.ack_policy != consumer::AckPolicy::Explicit {
+                    return Err(Error::new(CONSUMER, format!(
+                        "consumer `{durable}` exists with `ack_policy` {:?}, but eda needs explicit acks",
+                        have.ack_policy
+                    )));
+                }
+                if have.max_ack_pending != wanted.max_ack_pending
+                    || have.ack_wait != wanted.ack_wait
+                    || have.max_deliver != wanted.max_deliver
+                {
+                    // With the server's own `max_deliver` the server could drop a message
+                    // before eda dead-letters it: a consumer eda cannot update does not start.
+                    let updating = consumer::pull::Config {
+                        deliver_policy: have.deliver_policy,
+                        ..wanted.clone()
+                    };
+                    if let Err(e) = stream.create_consumer(updating).await {
+                        return Err(Error::with_source(CONSUMER, format!(
+                            "consumer `{durable}` exists with `max_deliver` {}, `max_ack_pending` {} and `ack_wait` {:?}, and eda cannot update them to {}, {} and {:?}: {e}; delete the consumer (it is recreated) or fix its permissions",
+                            have.max_deliver, have.max_ack_pending, have.ack_wait,
+                            wanted.max_deliver, wanted.max_ack_pending, wanted.ack_wait
+                        ), e));
+                    }
+                }
+            }
+            Err(e) if consumer_missing(&e) => {
+                if let Err(create_error) = stream.create_consumer(wanted.clone()).await {
+                    // Another instance may have created it at the same moment.
+                    if stream.consumer_info(durable).await.is_err() {
+                        let message = format!(
+                            "cannot create consumer `{durable}` on `{}`: {create_error}",
+                            t.events_stream
+                        );
+                        return Err(Error::with_source(CONSUMER, message, create_error));
+                    }
+                }
+            }
+            Err(e) => {
+                let message = format!("cannot look up consumer `{durable}`: {e}");
+                return Err(Error::with_source(CONSUMER, message, e));
+            }
+        }
+        stream
+            .consumer_info(durable)
+            .await
+            .map(|info| info.clone())
+            .map_err(|e| {
+                Error::with_source(
+                    CONSUMER,
+                    format!("cannot bind consumer `{durable}`: {e}"),
+                    e,
+                )
+            })
+    }
+}
+
+/// Messages the broker may hold unacked for one consumer (all instances together).
+pub(super) fn max_ack_pending(concurrency: u32) -> i64 {
+    i64::from(concurrency.max(1))
+        .saturating_mul(64)
+        .clamp(256, 100_000)
+}
+
+fn is_code(error: &jetstream::context::GetStreamError, code: jetstream::ErrorCode) -> bool {
+    matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == code)
+}
+
+/// Another instance created the stream first.
+fn already_exists(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(error.kind(), jetstream::context::CreateStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST)
+}
+
+pub(super) fn consumer_missing(error: &jetstream::context::ConsumerInfoError) -> bool {
+    use jetstream::context::ConsumerInfoErrorKind as Kind;
+    match error.kind() {
+        Kind::NotFound => true,
+        Kind::JetStream(e) => e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_ack_pending;
+
+    #[test]
+    fn limits_grow_with_concurrency() {
+        assert_eq!(max_ack_pending(1), 256);
+        assert_eq!(max_ack_pending(64), 4096);
+    }
+}
