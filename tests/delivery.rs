@@ -586,14 +586,20 @@ async fn always_mode_catches_republished_ids_outside_the_duplicate_window(rig: R
         (1, 1),
         "`always` looks up first deliveries too"
     );
-    // `redelivered` trusts first deliveries: its handler runs again, and the atomic record of
-    // the id then reports the repeat (the loser of a race acks it as a duplicate).
+    // `redelivered` trusts first deliveries: its handler runs again (the atomic record of the
+    // id then finds the first one, which stands). `duplicate` counts only messages whose
+    // handler was not called, so both runs count as handled.
     assert_eq!(
         seen.ids(),
         [7, 7, 7],
         "idem_always once, idem_redelivered twice"
     );
-    assert_eq!(app.stats("idem_redelivered").duplicates, 1);
+    let redelivered = app.stats("idem_redelivered");
+    assert_eq!(
+        (redelivered.handled, redelivered.duplicates),
+        (2, 0),
+        "a handler that ran is never counted as a duplicate"
+    );
 }
 
 async fn the_duplicate_window_drops_a_republished_id(rig: Rig) {
@@ -733,9 +739,14 @@ async fn context_publish_carries_correlation_and_causation(rig: Rig) {
     assert_eq!(meta.source, "metadata");
     assert_eq!(meta.version, 1);
     assert_eq!(
-        uuid_version(&meta.id),
+        uuid_version(&placed_id),
         Some('7'),
-        "ids are UUID v7: {}",
+        "ids of new events are UUID v7: {placed_id}"
+    );
+    assert_eq!(
+        uuid_version(&meta.id),
+        Some('8'),
+        "ids of follow-up events are UUID v8, derived from the cause, the handler and the index: {}",
         meta.id
     );
     assert_ne!(meta.id, placed_id);

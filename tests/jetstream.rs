@@ -553,7 +553,15 @@ async fn a_broker_restart_during_10_000_events_loses_nothing() {
         EVENTS,
         "each event's success recorded exactly once (the atomic create absorbs repeated runs)"
     );
-    assert!(stats.handled <= EVENTS, "{stats:?}");
+    // A handler that ran counts as handled even when another worker recorded the event first
+    // (the broker redelivered it around the restart): `duplicates` counts only messages
+    // whose handler was not called.
+    assert!(stats.handled >= EVENTS, "{stats:?}");
+    assert_eq!(
+        ledger.calls.load(Ordering::Relaxed),
+        stats.handled,
+        "every handler run is counted once, as handled: {stats:?}"
+    );
     eprintln!(
         "broker restart: {} handler runs for {EVENTS} events ({} recognised duplicates, {} retries)",
         ledger.calls.load(Ordering::Relaxed),
