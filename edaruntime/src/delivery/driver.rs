@@ -10,69 +10,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::runtime::HandlerRuntime;
-use crate::error::BoxError;
+use super::settlement::Settlement;
 use crate::lifecycle::{Outstanding, Signals};
 use crate::port::{Acknowledge, Source};
 
 /// How long a stopping loop waits for its hand-back naks to be sent.
 const HAND_BACK_LIMIT: Duration = Duration::from_secs(5);
-
-/// One message's settlement: exactly one of ack, nak or term, or — dropped unsettled, when
-/// its handler was cut off at the shutdown deadline or its task unwound — handed back for
-/// redelivery now (another instance takes it rather than waiting for the ack wait).
-pub(crate) struct Settlement<A: Acknowledge> {
-    ack: Option<A>,
-    hand_backs: Arc<Outstanding>,
-    counted: metrics::Counter,
-}
-
-impl<A: Acknowledge> Settlement<A> {
-    pub(crate) fn new(ack: A, hand_backs: Arc<Outstanding>, counted: metrics::Counter) -> Self {
-        Settlement {
-            ack: Some(ack),
-            hand_backs,
-            counted,
-        }
-    }
-
-    pub(crate) async fn ack(mut self) {
-        if let Some(ack) = self.ack.take() {
-            ack.ack().await;
-        }
-    }
-
-    pub(crate) async fn nak(mut self, delay: Duration) {
-        if let Some(ack) = self.ack.take() {
-            ack.nak(delay).await;
-        }
-    }
-
-    pub(crate) async fn term(mut self) -> Result<(), BoxError> {
-        match self.ack.take() {
-            Some(ack) => ack.term().await,
-            None => Ok(()),
-        }
-    }
-}
-
-impl<A: Acknowledge> Drop for Settlement<A> {
-    fn drop(&mut self) {
-        let Some(ack) = self.ack.take() else { return };
-        self.counted.increment(1);
-        let Some(sending) = ack.hand_back() else {
-            return;
-        };
-        // Without a runtime (it is shutting down) the message returns after the ack wait.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let hand_backs = Arc::clone(&self.hand_backs);
-            hand_backs.add(1);
-            runtime.spawn(async move {
-                sending.await;
-                hand_backs.done();
-            });
-        }
-    }
-}
 
 /// Runs one app instance's share of a handler's consumer until `signals` says stop.
 pub(crate) async fn drive<S: Source>(

@@ -23,6 +23,7 @@ mod decide;
 pub(crate) mod driver;
 pub(crate) mod naming;
 mod runtime;
+mod settlement;
 
 pub use crate::dlq::{DeadLetter, DlqReason};
 pub use decide::{backoff_delay, decide, Decision, Outcome};

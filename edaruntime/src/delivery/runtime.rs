@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::decide::{backoff_delay, decide, Decision, Outcome};
-use super::driver::Settlement;
+use super::settlement::Settlement;
 use super::naming::Names;
 use crate::dlq::{DeadLetter, DlqReason};
 use crate::event::RawEvent;

@@ -28,6 +28,9 @@ const PUBLISH_BATCH: usize = 64;
 
 /// How many published messages a broker keeps for `start = "all"` consumers and inspection.
 pub const DEFAULT_RETENTION: usize = 10_000;
+/// After how long a message whose ack was lost is delivered again (as JetStream's default
+/// ack wait in eda's topology).
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// How long an explicitly given event id is remembered to drop repeats (as JetStream's
 /// duplicate window).
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -59,6 +62,9 @@ struct BrokerInner {
     /// Messages queued, in flight or waiting for a retry, so tests can wait for quiet.
     activity: Outstanding,
     lost_acks: AtomicU32,
+    failing_dead_letters: AtomicU32,
+    /// After how long a message whose ack was lost comes back (JetStream's ack wait).
+    ack_wait: Mutex<Duration>,
 }
 
 impl Default for BrokerInner {
@@ -73,6 +79,8 @@ impl Default for BrokerInner {
             store: Arc::new(MemoryStore::default()),
             activity: Outstanding::default(),
             lost_acks: AtomicU32::new(0),
+            failing_dead_letters: AtomicU32::new(0),
+            ack_wait: Mutex::new(DEFAULT_ACK_WAIT),
         }
     }
 }
@@ -104,6 +112,20 @@ impl MemoryBroker {
         self
     }
 
+    /// A message whose ack is lost comes back after `ack_wait` (default [`DEFAULT_ACK_WAIT`]),
+    /// as on JetStream.
+    #[must_use]
+    pub fn with_ack_wait(self, ack_wait: Duration) -> MemoryBroker {
+        *lock(&self.inner.ack_wait) = ack_wait;
+        self
+    }
+
+    /// Fault injection for tests: the next `count` dead letters cannot be stored, as if the
+    /// dead-letter stream were missing or full (delivery keeps the message and retries).
+    pub fn fail_next_dead_letters(&self, count: u32) {
+        self.inner.failing_dead_letters.store(count, Ordering::SeqCst);
+    }
+
     /// Every dead letter stored so far.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         lock(&self.inner.dead_letters).clone()
@@ -123,7 +145,8 @@ impl MemoryBroker {
     }
 
     /// Fault injection for tests: the next `count` acks are lost, as if the process died
-    /// between recording its work and acking, so those messages are delivered again.
+    /// between recording its work and acking, so those messages are delivered again after the
+    /// ack wait.
     pub fn lose_next_acks(&self, count: u32) {
         self.inner.lost_acks.store(count, Ordering::SeqCst);
     }
@@ -435,6 +458,18 @@ impl Transport for MemoryTransport {
     }
 
     fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), PublishError>> {
+        let refused = self
+            .inner
+            .failing_dead_letters
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            return Box::pin(async {
+                Err(PublishError::Broker(
+                    "the in-memory dead-letter store refused it (fault injection)".into(),
+                ))
+            });
+        }
         lock(&self.inner.dead_letters).push(letter);
         Box::pin(async { Ok(()) })
     }
@@ -452,8 +487,14 @@ struct MemoryAck {
 impl Acknowledge for MemoryAck {
     async fn ack(&self) {
         if self.inner.ack_is_lost() {
-            // Lost on the way: the message comes back, as after JetStream's ack wait.
-            self.consumer.push(self.queued.clone().again());
+            // Lost on the way: the message comes back after the ack wait, as on JetStream.
+            let ack_wait = *lock(&self.inner.ack_wait);
+            let consumer = Arc::clone(&self.consumer);
+            let again = self.queued.clone().again();
+            tokio::spawn(async move {
+                tokio::time::sleep(ack_wait).await;
+                consumer.push(again);
+            });
             return;
         }
         self.inner.activity.done();

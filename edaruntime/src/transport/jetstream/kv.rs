@@ -1,5 +1,6 @@
-//! Processed ids in the `EDA_PROCESSED` key-value bucket: `record` is the bucket's atomic
-//! create, so of two workers holding one event exactly one records it.
+//! The key-value buckets: processed ids in `EDA_PROCESSED` (`record` is the bucket's atomic
+//! create, so of two workers holding one event exactly one records it), and the schema
+//! registry `EDA_SCHEMAS`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,9 +10,11 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
+use super::provision::BUCKET;
 use super::JetStream;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::idempotency::{Found, IdempotencyStore, Recorded, StoreError};
+use crate::registry;
 
 /// The value of a key whose event was dead-lettered (a processed id's value is empty).
 const DEAD_LETTERED: &[u8] = b"dlq";
@@ -24,6 +27,63 @@ impl JetStream {
             .ensure_bucket(&t.processed_bucket, t.processed_ttl)
             .await?;
         Ok(Arc::new(KvStore { bucket }))
+    }
+
+    /// Writes each event version's schema to the registry if absent; a different fingerprint
+    /// already there is a startup error.
+    pub(super) async fn register_schemas(&self, schemas: &kv::Store) -> Result<(), Error> {
+        let bucket = &self.settings.topology.schemas_bucket;
+        let mut problems = Vec::new();
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for event in registry::catalog().events {
+            let key = format!("{}.v{}", event.name, event.version);
+            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+                if *other != event.fingerprint {
+                    problems.push(format!(
+                        "event `{}` v{} has two different schemas in this binary (fingerprints `{other}` and `{}`): give one of them another version",
+                        event.name, event.version, event.fingerprint
+                    ));
+                }
+                continue;
+            }
+            seen.push((key.clone(), event.fingerprint.clone()));
+            let value = serde_json::json!({
+                "name": event.name,
+                "version": event.version,
+                "fingerprint": event.fingerprint,
+                "schema": event.schema,
+            });
+            // A `Value` always serializes.
+            let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+            match schemas.create(&key, bytes).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let stored = schemas.get(&key).await.map_err(|e| {
+                        let message = format!("cannot read schema `{key}` from `{bucket}`: {e}");
+                        Error::with_source(BUCKET, message, e)
+                    })?;
+                    let registered = stored
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["fingerprint"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    if registered != event.fingerprint {
+                        problems.push(format!(
+                            "event `{}` v{}: this binary's schema has fingerprint `{}` but the registry `{bucket}` has `{registered}`; another service publishes or reads a different schema under this version — give the changed schema a new version",
+                            event.name, event.version, event.fingerprint
+                        ));
+                    }
+                }
+                Err(e) => {
+                    let message = format!("cannot register schema `{key}` in `{bucket}`: {e}");
+                    return Err(Error::with_source(BUCKET, message, e));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::SchemaConflict, problems.join("; ")))
+        }
     }
 }
 

@@ -5,12 +5,10 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
-use bytes::Bytes;
 
 use super::JetStream;
 use crate::error::{Error, ErrorKind, Provisioned};
 use crate::handler::{HandlerDescriptor, Start};
-use crate::registry;
 
 const STREAM: ErrorKind = ErrorKind::Provision {
     what: Provisioned::Stream,
@@ -18,7 +16,7 @@ const STREAM: ErrorKind = ErrorKind::Provision {
 const CONSUMER: ErrorKind = ErrorKind::Provision {
     what: Provisioned::Consumer,
 };
-const BUCKET: ErrorKind = ErrorKind::Provision {
+pub(super) const BUCKET: ErrorKind = ErrorKind::Provision {
     what: Provisioned::Bucket,
 };
 
@@ -185,63 +183,6 @@ impl JetStream {
                     bind_error,
                 ),
             })
-    }
-
-    /// Writes each event version's schema to the registry if absent; a different fingerprint
-    /// already there is a startup error.
-    async fn register_schemas(&self, schemas: &kv::Store) -> Result<(), Error> {
-        let bucket = &self.settings.topology.schemas_bucket;
-        let mut problems = Vec::new();
-        let mut seen: Vec<(String, String)> = Vec::new();
-        for event in registry::catalog().events {
-            let key = format!("{}.v{}", event.name, event.version);
-            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
-                if *other != event.fingerprint {
-                    problems.push(format!(
-                        "event `{}` v{} has two different schemas in this binary (fingerprints `{other}` and `{}`): give one of them another version",
-                        event.name, event.version, event.fingerprint
-                    ));
-                }
-                continue;
-            }
-            seen.push((key.clone(), event.fingerprint.clone()));
-            let value = serde_json::json!({
-                "name": event.name,
-                "version": event.version,
-                "fingerprint": event.fingerprint,
-                "schema": event.schema,
-            });
-            // A `Value` always serializes.
-            let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
-            match schemas.create(&key, bytes).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let stored = schemas.get(&key).await.map_err(|e| {
-                        let message = format!("cannot read schema `{key}` from `{bucket}`: {e}");
-                        Error::with_source(BUCKET, message, e)
-                    })?;
-                    let registered = stored
-                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                        .and_then(|v| v["fingerprint"].as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    if registered != event.fingerprint {
-                        problems.push(format!(
-                            "event `{}` v{}: this binary's schema has fingerprint `{}` but the registry `{bucket}` has `{registered}`; another service publishes or reads a different schema under this version — give the changed schema a new version",
-                            event.name, event.version, event.fingerprint
-                        ));
-                    }
-                }
-                Err(e) => {
-                    let message = format!("cannot register schema `{key}` in `{bucket}`: {e}");
-                    return Err(Error::with_source(BUCKET, message, e));
-                }
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(ErrorKind::SchemaConflict, problems.join("; ")))
-        }
     }
 
     /// The consumer's filter subject for a handler's subject pattern.
