@@ -6,15 +6,19 @@ mod validate;
 
 use proc_macro2::TokenStream;
 
+use crate::ctxt::Ctxt;
+
 /// `#[event(...)]` on a struct or enum.
 pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     let input = match syn::parse2::<parse::EventInput>(item.clone()) {
         Ok(input) => input,
         Err(error) => return with_item(error, item),
     };
-    match parse::parse_attribute_args(args)
-        .and_then(|args| validate::validate(args, &input, parse::Mode::Attribute))
-    {
+    // One context for the whole invocation, checked once below.
+    let mut cx = Ctxt::new();
+    let spec = parse::parse_attribute_args(args, &mut cx)
+        .map(|args| validate::validate(&args, &input, parse::Mode::Attribute, &mut cx));
+    match cx.check_with(spec) {
         Ok(spec) => expand::expand(&spec, input),
         Err(error) => with_item(error, item),
     }
@@ -26,9 +30,11 @@ pub(crate) fn derive(item: TokenStream) -> TokenStream {
         Ok(input) => input,
         Err(error) => return error.to_compile_error(),
     };
-    match parse::parse_helper_args(&input)
-        .and_then(|args| validate::validate(args, &input, parse::Mode::Derive))
-    {
+    // One context for the whole invocation, checked once below.
+    let mut cx = Ctxt::new();
+    let spec = parse::parse_helper_args(&input, &mut cx)
+        .map(|args| validate::validate(&args, &input, parse::Mode::Derive, &mut cx));
+    match cx.check_with(spec) {
         Ok(spec) => expand::expand_impls(&spec),
         Err(error) => error.to_compile_error(),
     }

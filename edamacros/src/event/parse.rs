@@ -21,7 +21,7 @@ pub(crate) enum Mode {
     Derive,
 }
 
-/// The annotated item, with the argument errors found while parsing it.
+/// The annotated item.
 pub(crate) struct EventInput {
     pub(crate) item: DeriveInput,
 }
@@ -34,22 +34,14 @@ impl Parse for EventInput {
     }
 }
 
-/// Arguments with the errors recorded while splitting them.
-pub(crate) struct ParsedArgs {
-    pub(crate) args: Args,
-    pub(crate) cx: Ctxt,
-}
-
-pub(crate) fn parse_attribute_args(tokens: TokenStream) -> syn::Result<ParsedArgs> {
-    let mut cx = Ctxt::default();
-    let args = (|input: ParseStream<'_>| Args::parse_checked(input, KEYS, LITERAL_HINT, &mut cx))
-        .parse2(tokens)?;
-    Ok(ParsedArgs { args, cx })
+/// Parses `#[event(...)]`'s arguments, recording option errors in `cx`; a syntax error stops
+/// the parse.
+pub(crate) fn parse_attribute_args(tokens: TokenStream, cx: &mut Ctxt) -> syn::Result<Args> {
+    (|input: ParseStream<'_>| Args::parse_checked(input, KEYS, LITERAL_HINT, cx)).parse2(tokens)
 }
 
 /// Reads the `#[event(...)]` helper attributes of a `#[derive(Event)]` item.
-pub(crate) fn parse_helper_args(input: &EventInput) -> syn::Result<ParsedArgs> {
-    let mut cx = Ctxt::default();
+pub(crate) fn parse_helper_args(input: &EventInput, cx: &mut Ctxt) -> syn::Result<Args> {
     let mut found: Option<Args> = None;
     for attr in input
         .item
@@ -64,12 +56,9 @@ pub(crate) fn parse_helper_args(input: &EventInput) -> syn::Result<ParsedArgs> {
             );
             continue;
         }
-        found = Some(helper_args(attr, &mut cx)?);
+        found = Some(helper_args(attr, cx)?);
     }
-    Ok(ParsedArgs {
-        args: found.unwrap_or_else(Args::empty),
-        cx,
-    })
+    Ok(found.unwrap_or_else(Args::empty))
 }
 
 fn helper_args(attr: &Attribute, cx: &mut Ctxt) -> syn::Result<Args> {

@@ -3,8 +3,10 @@
 use syn::punctuated::Punctuated;
 use syn::{Data, Path, Token};
 
-use super::parse::{EventInput, Mode, ParsedArgs};
-use crate::{attr, names};
+use super::parse::{EventInput, Mode};
+use crate::attr::{self, Args};
+use crate::ctxt::Ctxt;
+use crate::names;
 
 /// What the expansion needs, checked.
 pub(crate) struct EventSpec {
@@ -21,12 +23,9 @@ pub(crate) struct EventSpec {
 
 const SERDE_DERIVES: &[&str] = &["Serialize", "Deserialize", "JsonSchema"];
 
-pub(crate) fn validate(
-    parsed: ParsedArgs,
-    input: &EventInput,
-    mode: Mode,
-) -> syn::Result<EventSpec> {
-    let ParsedArgs { args, mut cx } = parsed;
+/// Gives the arguments their meaning, recording every problem in `cx`; the spec is only
+/// used once `cx` checks clean.
+pub(crate) fn validate(args: &Args, input: &EventInput, mode: Mode, cx: &mut Ctxt) -> EventSpec {
     let item = &input.item;
 
     match &item.data {
@@ -69,13 +68,13 @@ pub(crate) fn validate(
     for (key, value) in &args.pairs {
         match key.to_string().as_str() {
             "version" => {
-                if let Some(v) = attr::integer(key, value, 1, &mut cx) {
+                if let Some(v) = attr::integer(key, value, 1, cx) {
                     version = v;
                 }
             }
-            "upcast_from" => upcast_from = attr::path(key, value, &mut cx),
+            "upcast_from" => upcast_from = attr::path(key, value, cx),
             _ => {
-                if let Some(p) = attr::crate_path(key, value, &mut cx) {
+                if let Some(p) = attr::crate_path(key, value, cx) {
                     krate = p;
                 }
             }
@@ -101,8 +100,7 @@ pub(crate) fn validate(
             );
         }
     }
-    cx.check()?;
-    Ok(EventSpec {
+    EventSpec {
         ident: item.ident.clone(),
         name,
         version,
@@ -110,7 +108,7 @@ pub(crate) fn validate(
         krate,
         mode: if before_derive { Mode::Derive } else { mode },
         strip_derive_event: before_derive,
-    })
+    }
 }
 
 /// Every path in the item's `#[derive(...)]` lists, with its last segment.

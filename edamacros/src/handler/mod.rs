@@ -6,6 +6,8 @@ mod validate;
 
 use proc_macro2::TokenStream;
 
+use crate::ctxt::Ctxt;
+
 /// `#[handler(...)]` on an `async fn`.
 pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     let function = match syn::parse2::<syn::ItemFn>(item.clone()) {
@@ -18,7 +20,11 @@ pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
             return with_item(error, item);
         }
     };
-    match parse::parse_args(args).and_then(|args| validate::validate(args, &function)) {
+    // One context for the whole invocation, checked once below.
+    let mut cx = Ctxt::new();
+    let spec =
+        parse::parse_args(args, &mut cx).map(|args| validate::validate(&args, &function, &mut cx));
+    match cx.check_with(spec) {
         Ok(spec) => expand::expand(&spec, &function),
         Err(error) => with_item(error, item),
     }

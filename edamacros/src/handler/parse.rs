@@ -23,22 +23,11 @@ pub(crate) const KEYS: &[&str] = &[
     "crate",
 ];
 
-/// Arguments with the errors recorded while splitting them.
-pub(crate) struct ParsedArgs {
-    pub(crate) args: Args,
-    pub(crate) cx: Ctxt,
-}
-
-pub(crate) fn parse_args(tokens: TokenStream) -> syn::Result<ParsedArgs> {
-    let mut cx = Ctxt::default();
-    let args = (|input: ParseStream<'_>| {
-        Args::parse_checked(
-            input,
-            KEYS,
-            "#[handler(\"user.created\", retries = 5)]",
-            &mut cx,
-        )
+/// Parses `#[handler(...)]`'s arguments, recording option errors in `cx`; a syntax error
+/// stops the parse.
+pub(crate) fn parse_args(tokens: TokenStream, cx: &mut Ctxt) -> syn::Result<Args> {
+    (|input: ParseStream<'_>| {
+        Args::parse_checked(input, KEYS, "#[handler(\"user.created\", retries = 5)]", cx)
     })
-    .parse2(tokens)?;
-    Ok(ParsedArgs { args, cx })
+    .parse2(tokens)
 }

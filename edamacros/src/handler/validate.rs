@@ -2,8 +2,9 @@
 
 use syn::{FnArg, ItemFn, LitStr, Path, ReturnType, Type};
 
-use super::parse::ParsedArgs;
-use crate::{attr, names};
+use crate::attr::{self, Args};
+use crate::ctxt::Ctxt;
+use crate::names;
 
 /// Backoff kinds, as the runtime's `Backoff` variants.
 pub(crate) const BACKOFFS: &[&str] = &["fixed", "linear", "exponential"];
@@ -33,8 +34,9 @@ pub(crate) struct HandlerSpec {
     pub(crate) output: Option<Type>,
 }
 
-pub(crate) fn validate(parsed: ParsedArgs, function: &ItemFn) -> syn::Result<HandlerSpec> {
-    let ParsedArgs { args, mut cx } = parsed;
+/// Gives the arguments and the signature their meaning, recording every problem in `cx`; the
+/// spec is only used once `cx` checks clean.
+pub(crate) fn validate(args: &Args, function: &ItemFn, cx: &mut Ctxt) -> HandlerSpec {
     let sig = &function.sig;
 
     if sig.asyncness.is_none() {
@@ -105,7 +107,7 @@ pub(crate) fn validate(parsed: ParsedArgs, function: &ItemFn) -> syn::Result<Han
     for (key, value) in &args.pairs {
         match key.to_string().as_str() {
             "name" | "service" | "breaker" => {
-                let Some(lit) = attr::string(key, value, &mut cx) else {
+                let Some(lit) = attr::string(key, value, cx) else {
                     continue;
                 };
                 if let Err(why) = names::check_plain_name(&format!("{key} name"), &lit.value()) {
@@ -118,43 +120,43 @@ pub(crate) fn validate(parsed: ParsedArgs, function: &ItemFn) -> syn::Result<Han
                 }
             }
             "concurrency" => {
-                if let Some(n) = attr::integer(key, value, 1, &mut cx) {
+                if let Some(n) = attr::integer(key, value, 1, cx) {
                     spec.concurrency = n;
                 }
             }
             "retries" => {
-                if let Some(n) = attr::integer(key, value, 0, &mut cx) {
+                if let Some(n) = attr::integer(key, value, 0, cx) {
                     spec.retries = n;
                 }
             }
             "backoff" => {
-                if let Some((v, _)) = attr::choice(key, value, BACKOFFS, &mut cx) {
+                if let Some((v, _)) = attr::choice(key, value, BACKOFFS, cx) {
                     spec.backoff = v;
                 }
             }
             "idempotent" => {
-                if let Some((v, _)) = attr::choice(key, value, IDEMPOTENCY, &mut cx) {
+                if let Some((v, _)) = attr::choice(key, value, IDEMPOTENCY, cx) {
                     spec.idempotent = v;
                 }
             }
             "start" => {
-                if let Some((v, _)) = attr::choice(key, value, STARTS, &mut cx) {
+                if let Some((v, _)) = attr::choice(key, value, STARTS, cx) {
                     spec.start = v;
                 }
             }
             "base_delay" => {
-                if let Some((n, lit)) = attr::duration(key, value, &mut cx) {
+                if let Some((n, lit)) = attr::duration(key, value, cx) {
                     spec.base_delay = n;
                     base_lit = Some(lit);
                 }
             }
             "max_delay" => {
-                if let Some((n, _)) = attr::duration(key, value, &mut cx) {
+                if let Some((n, _)) = attr::duration(key, value, cx) {
                     spec.max_delay = n;
                 }
             }
             "timeout" => {
-                if let Some((n, lit)) = attr::duration(key, value, &mut cx) {
+                if let Some((n, lit)) = attr::duration(key, value, cx) {
                     if n == 0 {
                         cx.error_spanned_by(&lit, "`timeout` must be longer than zero");
                     }
@@ -162,12 +164,12 @@ pub(crate) fn validate(parsed: ParsedArgs, function: &ItemFn) -> syn::Result<Han
                 }
             }
             "jitter" => {
-                if let Some(b) = attr::boolean(key, value, &mut cx) {
+                if let Some(b) = attr::boolean(key, value, cx) {
                     spec.jitter = b;
                 }
             }
             _ => {
-                if let Some(p) = attr::crate_path(key, value, &mut cx) {
+                if let Some(p) = attr::crate_path(key, value, cx) {
                     spec.krate = p;
                 }
             }
@@ -180,6 +182,5 @@ pub(crate) fn validate(parsed: ParsedArgs, function: &ItemFn) -> syn::Result<Han
             None => cx.error_spanned_by(&sig.ident, message),
         }
     }
-    cx.check()?;
-    Ok(spec)
+    spec
 }
