@@ -586,38 +586,52 @@ async fn rejects_order(event: AuditPlaced, calls: State<Calls>) -> Result<(), Ha
 }
 
 /// Finding 5b (FAULTS.md #5): the dead-letter stream is missing (deleted behind the app's
-/// back). The message must never be dropped: it stays with the broker and comes back; once
-/// the stream exists again (a restarted app provisions it) it is dead-lettered exactly once.
+/// back). The message must never be dropped: the dead letter is retried in place while the
+/// message is kept (no handler re-run, no delivery attempt spent); once the stream exists
+/// again it is dead-lettered exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_without_its_stream_is_kept_until_the_stream_is_back() {
     let server = server();
     let calls = Arc::new(Calls::default());
-    let first = app(&server, &calls, &["rejects_order"]).await;
+    let app = app(&server, &calls, &["rejects_order"]).await;
     let js = plain_client(&server.url()).await;
+    let dlq_config = js
+        .get_stream("EDA_DLQ")
+        .await
+        .expect("the dead-letter stream exists")
+        .cached_info()
+        .config
+        .clone();
     js.delete_stream("EDA_DLQ")
         .await
         .expect("the dead-letter stream is deleted");
-    let id = first.publish(&AuditPlaced { id: 1 }).await.unwrap();
+    let id = app.publish(&AuditPlaced { id: 1 }).await.unwrap();
 
-    let came_back = eventually(Duration::from_secs(30), || async { calls.of(1) >= 3 }).await;
-    assert!(
-        came_back,
-        "with no dead-letter stream the message must come back (nak) and be tried again: the \
-         handler ran {} times",
-        calls.of(1)
+    let ran = eventually(Duration::from_secs(30), || async { calls.of(1) >= 1 }).await;
+    assert!(ran, "the handler runs");
+    // Several ack waits (2 s each) pass while the dead letter cannot be stored.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (pending, ack_pending, redelivered) = consumer_state(&js, "rejects_order").await;
+    assert_eq!(
+        (pending, ack_pending, redelivered),
+        (0, 1, 0),
+        "while its dead letter cannot be stored the message is held, kept alive with in-progress          acks (pending, ack pending, redelivered)"
     );
-    let (pending, ack_pending, _) = consumer_state(&js, "rejects_order").await;
-    assert!(
-        pending + ack_pending as u64 >= 1,
-        "the broker still holds the message (pending {pending}, ack pending {ack_pending}): a \
-         dead letter that could not be stored must not terminate the original"
+    assert_eq!(
+        calls.of(1),
+        1,
+        "the handler is not run again while the dead letter waits"
     );
-    first.shutdown().await.unwrap();
+    assert!(
+        app.dead_letters().await.is_err(),
+        "no dead-letter stream to read yet"
+    );
 
-    let second = app(&server, &calls, &["rejects_order"]).await; // provisions EDA_DLQ again
+    js.create_stream(dlq_config)
+        .await
+        .expect("the dead-letter stream is created again");
     let stored = eventually(Duration::from_secs(60), || async {
-        second
-            .dead_letters()
+        app.dead_letters()
             .await
             .map(|l| !l.is_empty())
             .unwrap_or(false)
@@ -628,17 +642,45 @@ async fn a_dead_letter_without_its_stream_is_kept_until_the_stream_is_back() {
         "once the dead-letter stream is back the message lands there (handler ran {} times)",
         calls.of(1)
     );
-    second.settle().await;
-    let letters = second.dead_letters().await.unwrap();
+    app.settle().await;
+    let letters = app.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1, "dead-lettered exactly once: {letters:?}");
     assert_eq!(letters[0].metadata.id, id);
     assert_eq!(letters[0].reason, DlqReason::Permanent);
+    assert_eq!(calls.of(1), 1, "one handler run for one dead letter");
     let (pending, ack_pending, _) = consumer_state(&js, "rejects_order").await;
     assert_eq!(
         (pending, ack_pending),
         (0, 0),
         "the original is terminated after its dead letter was stored"
     );
+}
+
+/// Finding 5b in memory: dead letters that cannot be stored (fault injection) are retried in
+/// place; the message is dead-lettered once and its handler runs once.
+#[tokio::test(start_paused = true)]
+async fn in_memory_a_dead_letter_that_cannot_be_stored_is_retried_in_place() {
+    let broker = MemoryBroker::new().with_retention(usize::MAX);
+    broker.fail_next_dead_letters(3);
+    let calls = Arc::new(Calls::default());
+    let app = TestApp::builder(SERVICE)
+        .broker(broker.clone())
+        .shared_state(Arc::clone(&calls))
+        .handlers(&["rejects_order"])
+        .start()
+        .await
+        .unwrap();
+    let id = app.publish(&AuditPlaced { id: 1 }).await.unwrap();
+    app.settle().await;
+    let letters = broker.dead_letters();
+    assert_eq!(
+        letters.len(),
+        1,
+        "dead-lettered once after 3 refusals: {letters:?}"
+    );
+    assert_eq!(letters[0].metadata.id, id);
+    assert_eq!(calls.of(1), 1, "the handler ran once");
+    assert_eq!(app.stats("rejects_order").dead_lettered, 1);
 }
 
 // ---- 7. ids from stream sequences after the stream is recreated ------------------------------
@@ -794,4 +836,141 @@ async fn an_unconfirmed_terminate_after_a_stored_dead_letter_does_not_run_the_ha
         calls.of(1),
         app.stats("rejects_once_and_for_all")
     );
+}
+
+// ---- 8. a consumer eda cannot bring in line is a startup error --------------------------------
+
+/// Finding 8: a consumer whose limits cannot be updated (here: created by hand with a replay
+/// policy the server will not change, and a `max_deliver` of 5 that would let the server drop
+/// messages eda has not dead-lettered) stops startup with an error naming the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_limits_cannot_be_updated_stops_startup() {
+    let server = server();
+    let calls = Arc::new(Calls::default());
+    // Provision the streams first, with no handler.
+    app(&server, &calls, &[]).await.shutdown().await.unwrap();
+    let js = plain_client(&server.url()).await;
+    let stream = js.get_stream("EDA_EVENTS").await.unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(format!("{SERVICE}__counts_calls")),
+            filter_subject: "events.audit.placed".into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            replay_policy: jetstream::consumer::ReplayPolicy::Original,
+            max_deliver: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("the hand-made consumer is created");
+    let started = TestApp::builder(SERVICE)
+        .nats(server.url())
+        .shared_state(Arc::clone(&calls))
+        .handlers(&["counts_calls"])
+        .start()
+        .await;
+    let error = match started {
+        Ok(_) => panic!("a consumer with `max_deliver` 5 that eda cannot update must stop startup"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        error.kind(),
+        eda::ErrorKind::Provision {
+            what: eda::error::Provisioned::Consumer
+        },
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("audit-tests__counts_calls") && message.contains("max_deliver"),
+        "the error names the consumer and the limit: {message}"
+    );
+    assert!(
+        std::error::Error::source(&error).is_some(),
+        "the server's refusal is kept as the source"
+    );
+}
+
+// ---- 9. /readyz follows a consumer's pulls ----------------------------------------------------
+
+/// `GET /readyz` over a plain TCP connection: the status code and the body.
+async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Finding 9 (FAULTS.md #16): while the server is frozen (SIGSTOP) the connection still looks
+/// up to the client, but the consumer's pull heartbeats stop: `/readyz` turns 503 naming the
+/// consumer, and back to 200 once the server runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_while_a_consumers_heartbeats_are_missed_and_back() {
+    let server = server();
+    let calls = Arc::new(Calls::default());
+    let app = TestApp::builder(SERVICE)
+        .nats(server.url())
+        .configure(|b| b.metrics_addr("127.0.0.1:0"))
+        .shared_state(Arc::clone(&calls))
+        .handlers(&["counts_calls"])
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("the app starts: {e}"));
+    let addr = app.app().metrics_addr().expect("a metrics address");
+    let ready = eventually(Duration::from_secs(30), || async {
+        readyz(addr).await.0 == 200
+    })
+    .await;
+    assert!(
+        ready,
+        "ready once the consumer pulls: {:?}",
+        readyz(addr).await
+    );
+    let pid = server.pid().expect("the server runs").to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    let unready = eventually(Duration::from_secs(60), || async {
+        let (status, body) = readyz(addr).await;
+        status == 503 && body.contains("audit-tests__counts_calls")
+    })
+    .await;
+    let seen = readyz(addr).await;
+    signal("-CONT");
+    assert!(
+        unready,
+        "with the server frozen the consumer's heartbeats stop and /readyz says 503 naming it: {seen:?}"
+    );
+    let back = eventually(Duration::from_secs(60), || async {
+        readyz(addr).await.0 == 200
+    })
+    .await;
+    assert!(
+        back,
+        "ready again once the server runs: {:?}",
+        readyz(addr).await
+    );
+    app.publish(&AuditPlaced { id: 9 }).await.unwrap();
+    let handled = eventually(Duration::from_secs(30), || async { calls.of(9) == 1 }).await;
+    assert!(handled, "and consuming goes on");
 }

@@ -12,8 +12,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::decide::{backoff_delay, decide, Decision, Outcome};
-use super::settlement::Settlement;
 use super::naming::Names;
+use super::settlement::Settlement;
 use crate::dlq::{DeadLetter, DlqReason};
 use crate::event::RawEvent;
 use crate::handler::{

@@ -63,4 +63,3 @@ impl<A: Acknowledge> Drop for Settlement<A> {
         }
     }
 }
-

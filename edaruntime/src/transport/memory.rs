@@ -123,7 +123,9 @@ impl MemoryBroker {
     /// Fault injection for tests: the next `count` dead letters cannot be stored, as if the
     /// dead-letter stream were missing or full (delivery keeps the message and retries).
     pub fn fail_next_dead_letters(&self, count: u32) {
-        self.inner.failing_dead_letters.store(count, Ordering::SeqCst);
+        self.inner
+            .failing_dead_letters
+            .store(count, Ordering::SeqCst);
     }
 
     /// Every dead letter stored so far.

@@ -299,10 +299,7 @@ impl PullSource {
         let Some(info) = AckInfo::parse(reply.as_str()) else {
             tracing::error!(subject = %message.subject, reply = %reply,
                 "a pulled message without JetStream metadata; terminating it");
-            let ack = self.js.ack_for(reply);
-            if let Err(e) = ack.term().await {
-                tracing::debug!(error = %e, "terminating it was not confirmed");
-            }
+            self.js.ack_for(reply).terminate_now().await;
             return None;
         };
         self.highest = self.highest.max(info.stream_sequence);
