@@ -68,6 +68,14 @@ impl JsAck {
             .publish(self.reply.clone(), kind.into())
             .await
     }
+
+    /// Terminates without waiting for the server (a message eda cannot read, whose sender may
+    /// not be JetStream at all).
+    pub(super) async fn terminate_now(&self) {
+        if let Err(e) = self.send(AckKind::Term).await {
+            tracing::debug!(error = %e, "terminating it failed");
+        }
+    }
 }
 
 impl Acknowledge for JsAck {

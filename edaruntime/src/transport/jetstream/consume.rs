@@ -258,8 +258,11 @@ impl PullSource {
             }
             // A leadership change, or the server's limits on waiting requests: pull again.
             (StatusCode::REQUEST_TERMINATED, Some(d)) if d.contains("Leadership Change") => None,
+            // Nobody serves the consumer: it was deleted (with no request waiting to hear of
+            // it), or the stream's leader is away.
             (StatusCode::NO_RESPONDERS, _) => {
-                self.unbound("no server answers pull requests (is the stream's leader down?)");
+                self.unbound("no server answers pull requests; checking the consumer");
+                self.check_consumer().await;
                 Some(PULL_RETRY)
             }
             (status, description) => {
