@@ -230,8 +230,12 @@ pub struct AuditPlain {
 
 // ---- 2. a processed-id record that fails after a successful handler -------------------------
 
+// Concurrency 4: a record retried in place holds its handler's slot (an outage of the store
+// stops the intake rather than piling up messages), so the three events of finding 2 need a
+// slot each to reach the handler during the fault.
 #[handler(
     service = "audit-tests",
+    concurrency = 4,
     retries = 50,
     base_delay = "100ms",
     max_delay = "500ms",

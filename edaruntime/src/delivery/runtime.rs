@@ -141,7 +141,7 @@ impl HandlerRuntime {
     }
 
     /// Processes one delivered message end to end and settles it with the broker. `permit`
-    /// (a concurrency slot) is released once the handler returned and its id is recorded.
+    /// (a concurrency slot) is released once the message is settled.
     ///
     /// Not an `async fn` itself: a wrapper future would hold its arguments next to the inner
     /// future holding them too, and every message's task would be that much larger.
@@ -175,7 +175,11 @@ impl HandlerRuntime {
         let raw = delivery.raw.clone();
         let key = self.idempotency_key(&delivery);
         let event = raw.metadata().name.as_str();
-        let decision = match self.process(delivery, key.as_deref(), permit).await {
+        // The slot is held until the message is settled: a record or a dead letter retried in
+        // place keeps it, so an outage of the store or the dead-letter stream stops this
+        // handler's intake instead of piling up messages.
+        let _permit = permit;
+        let decision = match self.process(delivery, key.as_deref()).await {
             Processed::Decided(decision) => decision,
             Processed::AlreadyDeadLettered => {
                 tracing::info!("already dead-lettered; terminating it again");
@@ -271,34 +275,20 @@ impl HandlerRuntime {
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.metrics.handled(event, observe::Outcome::DeadLetter);
         self.metrics.dead_lettered(reason);
-        if let Err(e) = settlement.term().await {
-            // The redelivery must not run the handler again: say it was dead-lettered.
-            let recorded = match &key {
-                Some(key) => self
-                    .store
-                    .record_dead_letter(key)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("idempotency is off".to_owned()),
-            };
-            match recorded {
-                Ok(()) => {
-                    tracing::warn!(error = %e, "terminating the dead-lettered message was not confirmed; its redelivery will be terminated without running the handler")
-                }
-                Err(why) => {
-                    tracing::warn!(error = %e, record = %why, "terminating the dead-lettered message was not confirmed; a redelivery will dead-letter it again (deduplicated)")
-                }
+        // Remembered before the terminate: should the terminate not reach the server, the
+        // redelivery is terminated without running the handler again.
+        if let Some(key) = &key {
+            if let Err(e) = self.store.record_dead_letter(key).await {
+                tracing::warn!(error = %e, "cannot record the dead-letter decision; should the terminate fail, a redelivery dead-letters it again (deduplicated)");
             }
+        }
+        if let Err(e) = settlement.term().await {
+            tracing::warn!(error = %e, "terminating the dead-lettered message was not confirmed; its redelivery is terminated without running the handler");
         }
     }
 
     /// Runs the handler (unless a record says it ran) and decides; records the id on success.
-    async fn process(
-        &self,
-        delivery: Delivery,
-        key: Option<&str>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Processed {
+    async fn process(&self, delivery: Delivery, key: Option<&str>) -> Processed {
         let Delivery {
             raw,
             redelivered,
@@ -335,7 +325,6 @@ impl HandlerRuntime {
         if let (Decision::Ack, Some(key)) = (&decision, key) {
             self.record_in_place(key).await;
         }
-        drop(permit);
         Processed::Decided(decision)
     }
 
