@@ -326,7 +326,6 @@ impl JetStream {
         stream
             .consumer_info(durable)
             .await
-            .map(|info| info.clone())
             .map_err(|e| {
                 Error::with_source(
                     CONSUMER,
