@@ -15,56 +15,16 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use eda::prelude::*;
-use eda::testing::{NatsServer, TestApp, TestAppBuilder};
+use eda::testing::{NatsServer, TestApp};
 use eda::{DlqReason, MemoryBroker};
+
+#[macro_use]
+mod support;
+use support::Rig;
 
 const SERVICE: &str = "audit-tests";
 
 // ---- rigs and helpers -----------------------------------------------------------------------
-
-/// Where a test runs: an in-memory broker, or a `nats-server` of its own (with a 1 s ack wait,
-/// so lost acks come back quickly). As in `tests/delivery.rs`.
-pub enum Rig {
-    Memory(MemoryBroker),
-    Nats(NatsServer),
-}
-
-impl Rig {
-    fn memory() -> Rig {
-        Rig::Memory(MemoryBroker::new().with_retention(usize::MAX))
-    }
-
-    fn nats() -> Rig {
-        Rig::Nats(server())
-    }
-
-    /// A test app of `service` on this rig's broker.
-    fn app(&self, service: &str) -> TestAppBuilder {
-        match self {
-            Rig::Memory(broker) => TestApp::builder(service).broker(broker.clone()),
-            Rig::Nats(server) => TestApp::builder(service)
-                .nats(server.url())
-                .configure(|b| b.ack_wait(Duration::from_secs(1))),
-        }
-    }
-}
-
-/// Runs `async fn $name(rig: Rig)` as `$name::memory` (paused clock) and `$name::jetstream`.
-macro_rules! on_both_transports {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(start_paused = true)]
-            async fn memory() {
-                super::$name(super::Rig::memory()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn jetstream() {
-                super::$name(super::Rig::nats()).await
-            }
-        }
-    )*};
-}
 
 fn server() -> NatsServer {
     NatsServer::start().unwrap_or_else(|e| panic!("{e}"))
@@ -896,28 +856,8 @@ async fn a_consumer_whose_limits_cannot_be_updated_stops_startup() {
 
 // ---- 9. /readyz follows a consumer's pulls ----------------------------------------------------
 
-/// `GET /readyz` over a plain TCP connection: the status code and the body.
 async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    support::http_get(addr, "/readyz").await
 }
 
 /// Finding 9 (FAULTS.md #16): while the server is frozen (SIGSTOP) the connection still looks

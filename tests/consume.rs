@@ -8,7 +8,6 @@
 #![allow(missing_docs, missing_debug_implementations)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -17,8 +16,9 @@ use async_nats::jetstream;
 use eda::prelude::*;
 use eda::testing::{NatsServer, TestApp};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+
+mod support;
 
 const SERVICE: &str = "consume-tests";
 
@@ -209,27 +209,6 @@ async fn works_through_a_backlog(event: Job, ledger: State<Ledger>) {
     ledger.count(event.id);
 }
 
-/// `GET path` over a plain TCP connection: (status code, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("the metrics listener accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// FAULTS.md #22 with a backlog: the durable is deleted while 20 events wait for a slow
 /// handler. Recreating it with the handler's start policy (`new`) would begin at the end of the
 /// stream and silently skip every event not yet handled.
@@ -302,7 +281,7 @@ async fn a_consumer_deleted_with_a_backlog_is_recreated_without_skipping_it() {
         handled_at_deletion
     );
     let addr = app.app().metrics_addr().expect("metrics are served");
-    let (status, body) = get(addr, "/readyz").await;
+    let (status, body) = support::http_get(addr, "/readyz").await;
     assert_eq!(
         status, 200,
         "/readyz after the consumer was recreated and its backlog handled: {body}"

@@ -9,66 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eda::prelude::*;
-use eda::testing::{NatsServer, TestApp, TestAppBuilder};
+use eda::testing::TestApp;
 use eda::{DlqReason, MemoryBroker, PublishOptions, Topology};
 use tokio::time::Instant;
 
-/// Where a test runs: an in-memory broker, or a `nats-server` of its own (with a 1 s ack wait,
-/// so lost acks and cut-off handlers come back quickly).
-pub enum Rig {
-    Memory(MemoryBroker),
-    Nats(NatsServer),
-}
-
-impl Rig {
-    fn memory() -> Rig {
-        Rig::Memory(MemoryBroker::new().with_retention(usize::MAX))
-    }
-
-    fn nats() -> Rig {
-        Rig::Nats(NatsServer::start().unwrap_or_else(|e| panic!("{e}")))
-    }
-
-    /// A test app of `service` on this rig's broker.
-    fn app(&self, service: &str) -> TestAppBuilder {
-        match self {
-            Rig::Memory(broker) => TestApp::builder(service).broker(broker.clone()),
-            Rig::Nats(server) => TestApp::builder(service)
-                .nats(server.url())
-                .configure(|b| b.ack_wait(Duration::from_secs(1))),
-        }
-    }
-
-    /// Another broker of the same kind (durable consumers outlive their apps).
-    fn fresh(&self) -> Rig {
-        if self.is_nats() {
-            Rig::nats()
-        } else {
-            Rig::memory()
-        }
-    }
-
-    fn is_nats(&self) -> bool {
-        matches!(self, Rig::Nats(_))
-    }
-}
-
-/// Runs `async fn $name(rig: Rig)` as `$name::memory` (paused clock) and `$name::jetstream`.
-macro_rules! on_both_transports {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(start_paused = true)]
-            async fn memory() {
-                super::$name(super::Rig::memory()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn jetstream() {
-                super::$name(super::Rig::nats()).await
-            }
-        }
-    )*};
-}
+#[macro_use]
+mod support;
+use support::Rig;
 
 #[event("order.placed")]
 pub struct OrderPlaced {

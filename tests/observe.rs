@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use eda::prelude::*;
 use eda::testing::{NatsServer, TestApp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
 
 #[event("obs.tick")]
 pub struct ObsTick {
@@ -50,25 +51,8 @@ async fn obs_poison(_event: ObsPoison) -> Result<(), HandlerError> {
     Err(HandlerError::permanent("never"))
 }
 
-/// `GET path` over a plain TCP connection: (status code, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("the metrics listener accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    support::http_get(addr, path).await
 }
 
 /// The samples of the exposition: (name, labels) -> value.
@@ -385,14 +369,10 @@ async fn query(prometheus: &Prometheus, promql: &str) -> Option<serde_json::Valu
             }
         })
         .collect();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!(
-        "GET /api/v1/query?query={encoded} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
+    let (status, body) = support::http_get(addr, &format!("/api/v1/query?query={encoded}")).await;
+    if status == 0 {
+        return None;
+    }
     // Chunked or not, the JSON object is the part between the outer braces.
     let json = &body[body.find('{')?..=body.rfind('}')?];
     serde_json::from_str(json).ok()

@@ -323,16 +323,13 @@ impl JetStream {
                 return Err(Error::with_source(CONSUMER, message, e));
             }
         }
-        stream
-            .consumer_info(durable)
-            .await
-            .map_err(|e| {
-                Error::with_source(
-                    CONSUMER,
-                    format!("cannot bind consumer `{durable}`: {e}"),
-                    e,
-                )
-            })
+        stream.consumer_info(durable).await.map_err(|e| {
+            Error::with_source(
+                CONSUMER,
+                format!("cannot bind consumer `{durable}`: {e}"),
+                e,
+            )
+        })
     }
 }
 
