@@ -2,10 +2,11 @@
 //! shared by every transport, the in-memory transport, and test helpers. Depend on the `eda`
 //! crate, which re-exports all of this together with the macros.
 //!
-//! The modules form layers; a module never imports one above it:
+//! The modules form layers; a module never imports one above it (checked by a unit test,
+//! `layers::no_module_names_one_above_it`):
 //! `error`, `config`, `random`, `lifecycle`, `schema` → `event` → `dlq`, `wire`, `observe` →
-//! `port`, `idempotency` → `publish` → `handler` → `registry` → `delivery` → `transport` →
-//! `backend` → `app` → `testing`.
+//! `port`, `idempotency` → `publish` → `handler` → `registry` → `delivery`, `private` →
+//! `transport` → `backend` → `app` → `testing`.
 
 pub mod app;
 mod backend;
@@ -32,6 +33,9 @@ pub mod __private {
     pub use crate::private::*;
 }
 mod private;
+
+#[cfg(test)]
+mod layers;
 
 pub use app::{App, AppBuilder, RunningApp};
 pub use config::{NatsAuth, NatsSettings, Topology};

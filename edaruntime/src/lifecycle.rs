@@ -108,13 +108,13 @@ impl Outstanding {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn wait_for_signal() -> crate::Result<()> {
+pub async fn wait_for_signal() -> crate::error::Result<()> {
     shutdown_signal()?.await;
     Ok(())
 }
 
 /// Starts listening for SIGINT and SIGTERM now; the future resolves on the first of them.
-pub(crate) fn shutdown_signal() -> crate::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> crate::error::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
