@@ -29,7 +29,8 @@ pub(crate) async fn drive<S: Source>(
     let hand_backs = Arc::new(Outstanding::default());
     let handed_back = runtime.metrics.handed_back();
     let draining = signals.draining();
-    tokio::pin!(draining);
+    let stopped = signals.stopped();
+    tokio::pin!(draining, stopped);
     loop {
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => permit,
@@ -54,7 +55,7 @@ pub(crate) async fn drive<S: Source>(
         // Made before the task: a task aborted before its first poll hands back too.
         let settlement = Settlement::new(ack.clone(), Arc::clone(&hand_backs), handed_back.clone());
         let runtime = Arc::clone(&runtime);
-        tasks.spawn(async move {
+        let work = async move {
             let deliver = runtime.deliver(delivery, settlement, Some(permit));
             match ack.progress_period() {
                 Some(period) => {
@@ -66,8 +67,19 @@ pub(crate) async fn drive<S: Source>(
                 }
                 None => deliver.await,
             }
-        });
-        while tasks.try_join_next().is_some() {}
+        };
+        if concurrency == 1 {
+            // One at a time: run it here rather than spawn a task per message. Dropped at
+            // the shutdown deadline, its settlement hands the message back.
+            tokio::select! {
+                biased;
+                () = work => {}
+                () = &mut stopped => break,
+            }
+        } else {
+            tasks.spawn(work);
+            while tasks.try_join_next().is_some() {}
+        }
     }
     source.release().await;
     finish_in_flight(&mut tasks, signals.stopped()).await;

@@ -2,9 +2,12 @@
 //! pull stream) so that it never asks for more messages than the driver can start at once: a
 //! pulled message's ack wait runs from the moment the server sends it, and a message waiting
 //! in a client buffer behind busy handlers would be redelivered to another instance while
-//! this one still holds it. One request is outstanding at a time; it ends when it is filled,
-//! when it expires (the server says so), or when its heartbeats stop — then the next one is
-//! sent, so a lost request costs at most two heartbeats, never a stall.
+//! this one still holds it. The messages asked for and not yet received never exceed the free
+//! slots; as slots free up, a further request tops the count up (once a quarter of the slots
+//! are free, so that a busy consumer does not send a request per message). A request ends when
+//! it is filled or expires (the server says so, with how many it did not fill); when the
+//! server goes silent (no message, no heartbeat) every request is taken for lost and the
+//! count starts again, so a lost request costs at most two heartbeats, never a stall.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,6 +59,7 @@ impl JetStream {
             runtime: Arc::clone(&runtime),
             subscription: None,
             requested: 0,
+            top_up: (runtime.options().concurrency.max(1) as usize / 4).max(1),
             heard: Instant::now(),
             expires_at: Instant::now(),
             epoch,
@@ -94,11 +98,13 @@ struct PullSource {
     inbox: String,
     prefix: String,
     subscription: Option<Subscriber>,
-    /// Messages the outstanding pull request may still bring (0: none outstanding).
+    /// Messages the outstanding pull requests may still bring (0: none outstanding).
     requested: usize,
+    /// The fewest messages a further request asks for while others are outstanding.
+    top_up: usize,
     /// When the server was last heard from about the outstanding request.
     heard: Instant,
-    /// When the outstanding request expires at the server.
+    /// When the newest outstanding request expires at the server (the others expire before).
     expires_at: Instant,
     epoch: Arc<str>,
     /// Stream sequences up to this one may have been handled by a consumer deleted behind the
@@ -131,7 +137,11 @@ impl Source for PullSource {
                     }
                 }
             }
-            if self.requested == 0 && !self.pull(room).await {
+            let wanted = room.saturating_sub(self.requested);
+            if wanted > 0
+                && (self.requested == 0 || wanted >= self.top_up)
+                && !self.pull(wanted).await
+            {
                 tokio::time::sleep(PULL_RETRY).await;
                 return None;
             }
@@ -165,8 +175,14 @@ impl Source for PullSource {
                         }
                         Some(StatusCode::IDLE_HEARTBEAT) => self.bound(),
                         Some(status) => {
-                            if let Some(wait) =
-                                self.status(status, message.description.as_deref()).await
+                            let unfilled = message
+                                .headers
+                                .as_ref()
+                                .and_then(|h| h.get("Nats-Pending-Messages"))
+                                .and_then(|v| v.as_str().parse::<usize>().ok());
+                            if let Some(wait) = self
+                                .status(status, message.description.as_deref(), unfilled)
+                                .await
                             {
                                 tokio::time::sleep(wait).await;
                                 return None;
@@ -200,10 +216,10 @@ impl Source for PullSource {
 }
 
 impl PullSource {
-    /// Asks for `room` messages. False if the request could not be sent.
-    async fn pull(&mut self, room: usize) -> bool {
+    /// Asks for `count` more messages. False if the request could not be sent.
+    async fn pull(&mut self, count: usize) -> bool {
         let request = serde_json::json!({
-            "batch": room.max(1),
+            "batch": count,
             "expires": PULL_EXPIRES.as_nanos() as u64,
             "idle_heartbeat": PULL_HEARTBEAT.as_nanos() as u64,
         });
@@ -215,7 +231,7 @@ impl PullSource {
             .await
         {
             Ok(()) => {
-                self.requested = room.max(1);
+                self.requested += count;
                 self.heard = Instant::now();
                 self.expires_at = self.heard + PULL_EXPIRES;
                 true
@@ -241,10 +257,20 @@ impl PullSource {
         }
     }
 
-    /// A status ends the outstanding request; returns how long to wait before pulling again.
-    async fn status(&mut self, status: StatusCode, description: Option<&str>) -> Option<Duration> {
-        self.requested = 0;
+    /// A status ends one request (expired: `unfilled` says how many of its messages it did
+    /// not bring) or all of them; returns how long to wait before pulling again.
+    async fn status(
+        &mut self,
+        status: StatusCode,
+        description: Option<&str>,
+        unfilled: Option<usize>,
+    ) -> Option<Duration> {
         let durable = self.runtime.durable();
+        if let (StatusCode::TIMEOUT | StatusCode::NOT_FOUND, Some(unfilled)) = (status, unfilled) {
+            self.requested = self.requested.saturating_sub(unfilled);
+        } else {
+            self.requested = 0;
+        }
         match (status, description) {
             // Expired, or the server has nothing for a no-wait request: pull again at once.
             (StatusCode::TIMEOUT | StatusCode::NOT_FOUND, _) => {
