@@ -10,6 +10,12 @@
 //! event, `Nats-Msg-Id` set, pipelined publishing with 1,024 acks in flight, a durable pull
 //! consumer with explicit acks, batch pulls and the same concurrency (64), and, for
 //! effectively-once, an atomic KV create of the processed id before the ack.
+//!
+//! The backlog drain publishes its events before the service starts (to a durable consumer an
+//! earlier start created) and watches the consumer drain them: events/s and the longest stall,
+//! each drain bounded in time so that a stall is reported rather than hung on. Its handler
+//! keeps every default (`concurrency = 1`), and its baseline pulls as eda does for that handler
+//! (`Pull`); `--scenario drain` runs it alone and prints its section (no report written).
 
 #![allow(missing_docs, missing_debug_implementations)]
 
@@ -106,6 +112,7 @@ bench_events! {
     MemoryOrder = "bench.memory",
     FanoutOrder = "bench.fanout",
     BacklogOrder = "bench.backlog",
+    DrainOrder = "bench.drain",
     IdleOrder = "bench.idle",
 }
 
@@ -125,6 +132,12 @@ async fn bench_plain(_event: PlainOrder) {}
 
 #[handler(concurrency = 64)]
 async fn bench_idempotent(_event: IdempotentOrder) {}
+
+// The backlog drain: every option left at its default, as a first handler is written: one
+// message at a time (`concurrency = 1`) and `idempotent = "redelivered"`, which records every
+// success with a KV create and reads the store only for redeliveries.
+#[handler]
+async fn bench_drain(_event: DrainOrder) {}
 
 #[handler(concurrency = 64, idempotent = "off")]
 async fn bench_latency(event: LatencyOrder, latencies: State<Latencies>) {
@@ -185,6 +198,10 @@ struct Counts {
     memory: u64,
     backlog: u64,
     faststream: u64,
+    /// Events of the backlog drain.
+    drain: u64,
+    /// How long a drain may take before it is reported as stalled.
+    drain_bound: Duration,
 }
 
 // ---- the hand-written baseline --------------------------------------------------------------
@@ -199,6 +216,36 @@ enum Work {
     /// Awaits a 1 ms tokio sleep while holding its concurrency slot: the concurrency scenario.
     Sleep,
 }
+
+/// How the raw consumer pulls.
+#[derive(Clone, Copy)]
+struct Pull {
+    /// Messages handled at once.
+    in_flight: usize,
+    /// Messages asked for per pull request.
+    batch: usize,
+    /// The consumer's limit of messages awaiting an ack.
+    max_ack_pending: i64,
+    /// The pull requests' idle heartbeat and expiry; the client's defaults when `None`.
+    heartbeat_expires: Option<(Duration, Duration)>,
+}
+
+/// The baseline's pull: 64 at a time in batches of 128.
+const PULL: Pull = Pull {
+    in_flight: CONCURRENCY,
+    batch: 128,
+    max_ack_pending: 4096,
+    heartbeat_expires: None,
+};
+
+/// eda's pull for a handler with the default `concurrency = 1` (edaruntime's `fetch_batch`,
+/// `max_ack_pending`, heartbeat and expiry), written by hand for the backlog drain.
+const PULL_LIKE_EDA_DEFAULT: Pull = Pull {
+    in_flight: 1,
+    batch: 2,
+    max_ack_pending: 256,
+    heartbeat_expires: Some((Duration::from_secs(5), Duration::from_secs(30))),
+};
 
 struct Raw {
     js: jetstream::Context,
@@ -312,36 +359,57 @@ impl Raw {
         work: Work,
         latencies: Option<Arc<Latencies>>,
     ) -> Result<(Arc<AtomicU64>, tokio::task::JoinHandle<()>), BoxError> {
+        let (consumer, _) = self.durable(subject, PULL).await?;
+        Ok(self.spawn_consumer(consumer, PULL, work, latencies))
+    }
+
+    /// Creates this run's durable pull consumer on `subject`; returns it and its name.
+    async fn durable(
+        &self,
+        subject: &str,
+        pull: Pull,
+    ) -> Result<(consumer::PullConsumer, String), BoxError> {
         let stream = self.js.get_stream("RAW").await?;
         let durable = format!("raw_{}_{}", subject.replace('.', "_"), self.run);
         let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
-                durable_name: Some(durable),
+                durable_name: Some(durable.clone()),
                 filter_subject: subject.to_owned(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 deliver_policy: consumer::DeliverPolicy::New,
-                max_ack_pending: 4096,
+                max_ack_pending: pull.max_ack_pending,
                 ..Default::default()
             })
             .await?;
+        Ok((consumer, durable))
+    }
+
+    /// Consumes from `consumer` in a task as `pull` says, each message with `work`; returns
+    /// the count of acked messages and the task.
+    fn spawn_consumer(
+        &self,
+        consumer: consumer::PullConsumer,
+        pull: Pull,
+        work: Work,
+        latencies: Option<Arc<Latencies>>,
+    ) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
         let acked = Arc::new(AtomicU64::new(0));
         let kv = self.kv.clone();
         let task = tokio::spawn({
             let acked = Arc::clone(&acked);
             async move {
-                let mut messages = match consumer
-                    .stream()
-                    .max_messages_per_batch(128)
-                    .messages()
-                    .await
-                {
+                let mut pulls = consumer.stream().max_messages_per_batch(pull.batch);
+                if let Some((heartbeat, expires)) = pull.heartbeat_expires {
+                    pulls = pulls.heartbeat(heartbeat).expires(expires);
+                }
+                let mut messages = match pulls.messages().await {
                     Ok(messages) => messages,
                     Err(e) => {
                         eprintln!("raw consumer: cannot pull: {e}");
                         return;
                     }
                 };
-                let permits = Arc::new(Semaphore::new(CONCURRENCY));
+                let permits = Arc::new(Semaphore::new(pull.in_flight));
                 while let Some(message) = messages.next().await {
                     let message = match message {
                         Ok(message) => message,
@@ -387,7 +455,7 @@ impl Raw {
                 }
             }
         });
-        Ok((acked, task))
+        (acked, task)
     }
 
     async fn end_to_end(&mut self, count: u64, work: Work) -> Result<Duration, BoxError> {
@@ -411,6 +479,24 @@ impl Raw {
         let elapsed = started.elapsed();
         task.abort();
         Ok(elapsed)
+    }
+
+    /// The backlog drain by hand: the durable consumer first, then `count` events published,
+    /// then the consumer started (pulling as eda does for a default handler, each message
+    /// with the KV create of the idempotent scenario and an ack) and watched until it has
+    /// drained them or `bound` has passed.
+    async fn drain(&mut self, count: u64, bound: Duration) -> Result<Drain, BoxError> {
+        self.run += 1;
+        let subject = "raw.drain";
+        let (consumer, durable) = self.durable(subject, PULL_LIKE_EDA_DEFAULT).await?;
+        self.publish_pipelined(subject, count).await?;
+        let stream = self.js.get_stream("RAW").await?;
+        let before = stream.consumer_info(&durable).await?;
+        let started = Instant::now();
+        let (_, task) = self.spawn_consumer(consumer, PULL_LIKE_EDA_DEFAULT, Work::KvCreate, None);
+        let drain = watch_drain(&stream, &durable, count, &before, started, bound).await;
+        task.abort();
+        Ok(drain)
     }
 
     async fn latency(&mut self, seconds: u64) -> Result<Vec<u64>, BoxError> {
@@ -550,6 +636,221 @@ async fn eda_memory<E: BenchEvent>(
     Ok(elapsed)
 }
 
+/// Publishes `count` events of type `E` through `producer`, 50,000 at a time.
+async fn publish_backlog<E: BenchEvent>(
+    producer: &eda::RunningApp,
+    count: u64,
+) -> Result<(), BoxError> {
+    let mut next = 0;
+    while next < count {
+        let end = (next + 50_000).min(count);
+        let events: Vec<E> = (next..end).map(E::make).collect();
+        producer.publisher().publish_all(&events).await?;
+        next = end;
+    }
+    Ok(())
+}
+
+/// The backlog drain with eda: a first start of a new service creates its durable consumer
+/// (`start = "new"`) and stops; `count` events are published; a second start drains them,
+/// watched until the consumer has nothing pending or awaiting an ack, or `bound` has passed.
+async fn eda_drain(
+    url: &str,
+    js: &jetstream::Context,
+    count: u64,
+    bound: Duration,
+) -> Result<Drain, BoxError> {
+    let service = format!("bench-drain-{}", now_ns());
+    eda_app(url, &service, &["bench_drain"], None)
+        .await?
+        .shutdown()
+        .await?;
+    let producer = eda_app(url, "bench-publisher", &[], None).await?;
+    publish_backlog::<DrainOrder>(&producer, count).await?;
+    producer.shutdown().await?;
+    let stream = js.get_stream("EDA_EVENTS").await?;
+    let durable = format!("{service}__bench_drain");
+    let before = stream.consumer_info(&durable).await?;
+    if before.num_pending != count {
+        eprintln!(
+            "  eda drain: {} pending before the start, {count} published",
+            before.num_pending
+        );
+    }
+    let started = Instant::now();
+    let app = eda_app(url, &service, &["bench_drain"], None).await?;
+    let mut drain = watch_drain(&stream, &durable, count, &before, started, bound).await;
+    if let Some(stats) = app.stats("bench_drain") {
+        drain.end_state.push_str(&format!(
+            "; the handler: {} handled, {} duplicates, {} retried",
+            stats.handled, stats.duplicates, stats.retried
+        ));
+    }
+    if drain.elapsed.is_none() || drain.stall > Duration::from_secs(1) {
+        eprintln!(
+            "  eda drain: longest stall {:.1} s ({}); at the end: {}",
+            drain.stall.as_secs_f64(),
+            drain.stall_state,
+            drain.end_state
+        );
+    }
+    app.shutdown().await?;
+    Ok(drain)
+}
+
+/// What one backlog drain measured.
+struct Drain {
+    count: u64,
+    /// From the consumer's start until nothing was pending or awaiting an ack; `None` when
+    /// the bound passed first.
+    elapsed: Option<Duration>,
+    /// The longest stretch in which messages were pending while the consumer's delivered
+    /// stream sequence stood still (from the start: the wait for the first delivery counts).
+    stall: Duration,
+    /// The consumer when that stretch was at its longest.
+    stall_state: String,
+    /// The consumer when the watch ended.
+    end_state: String,
+}
+
+impl Drain {
+    fn rate(&self) -> Option<f64> {
+        self.elapsed.map(|elapsed| per_second(self.count, elapsed))
+    }
+
+    /// The drain's cell in the report.
+    fn cell(&self, bound: Duration) -> String {
+        let stall = self.stall.as_secs_f64();
+        match (self.elapsed, self.rate()) {
+            (Some(elapsed), Some(rate)) => format!(
+                "{rate:.0} events/s ({:.1} s); longest stall {stall:.1} s",
+                elapsed.as_secs_f64()
+            ),
+            _ => format!(
+                "not drained within {} s ({}); longest stall {stall:.1} s ({})",
+                bound.as_secs(),
+                self.end_state,
+                self.stall_state
+            ),
+        }
+    }
+}
+
+/// A consumer's progress through a backlog of `count`, for the report.
+fn consumer_state(info: &consumer::Info, count: u64) -> String {
+    format!(
+        "{} of {count} delivered, {} awaiting ack, {} redelivered, {} pull requests waiting",
+        count.saturating_sub(info.num_pending),
+        info.num_ack_pending,
+        info.num_redelivered,
+        info.num_waiting
+    )
+}
+
+/// Polls the consumer `name` on `stream` every 100 ms, from `started` (when its program
+/// started; `before` is its info from just before) until nothing is pending or awaiting an
+/// ack, or `bound` has passed. A failed poll is reported and the watch goes on.
+async fn watch_drain(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    count: u64,
+    before: &consumer::Info,
+    started: Instant,
+    bound: Duration,
+) -> Drain {
+    let mut drain = Drain {
+        count,
+        elapsed: None,
+        stall: Duration::ZERO,
+        stall_state: consumer_state(before, count),
+        end_state: consumer_state(before, count),
+    };
+    let (mut sequence, mut moved) = (before.delivered.stream_sequence, started);
+    loop {
+        match stream.consumer_info(name).await {
+            Ok(info) => {
+                let now = Instant::now();
+                drain.end_state = consumer_state(&info, count);
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    drain.elapsed = Some(now - started);
+                    return drain;
+                }
+                if info.delivered.stream_sequence != sequence {
+                    if now - moved > Duration::from_secs(1) {
+                        eprintln!(
+                            "  drain: `{name}` stood still for {:.1} s, {:.1} s after its start, until {}",
+                            (now - moved).as_secs_f64(),
+                            (moved - started).as_secs_f64(),
+                            drain.end_state
+                        );
+                    }
+                    (sequence, moved) = (info.delivered.stream_sequence, now);
+                } else if now - moved > drain.stall {
+                    drain.stall = now - moved;
+                    drain.stall_state = drain.end_state.clone();
+                }
+            }
+            Err(e) => eprintln!("  drain: cannot read consumer `{name}`: {e}"),
+        }
+        if started.elapsed() > bound {
+            return drain;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The backlog drain's section of the report.
+fn drain_section(count: u64, bound: Duration, raw: &[Drain], eda: &[Drain]) -> String {
+    let median = |drains: &[Drain]| {
+        let mut rates = Series::default();
+        drains
+            .iter()
+            .filter_map(Drain::rate)
+            .for_each(|r| rates.push(r));
+        rates.median()
+    };
+    let stalls = |drains: &[Drain]| {
+        let mut stalls = Series::default();
+        drains
+            .iter()
+            .for_each(|d| stalls.push(d.stall.as_secs_f64()));
+        stalls
+    };
+    let (raw_stalls, eda_stalls) = (stalls(raw), stalls(eda));
+    let rows: Vec<String> = raw
+        .iter()
+        .zip(eda)
+        .enumerate()
+        .map(|(i, (r, e))| format!("| {} | {} | {} |", i + 1, r.cell(bound), e.cell(bound)))
+        .collect();
+    format!(
+        "\nBacklog drain: {count} events published before the service starts, kept for it by the \
+         durable consumer an earlier start created (eda: one no-op handler with every option at its \
+         default: `concurrency = 1`, `idempotent = \"redelivered\"`, which records every success \
+         with a KV create; raw: the same by hand, a pull consumer pulling as eda does for it (one \
+         message at a time, pulls of 2, 5 s heartbeat, 30 s expiry, 256 awaiting an ack at most), \
+         each message with a KV create and an ack). Events/s until the \
+         consumer has nothing pending or awaiting an ack (its info polled every 100 ms), and the \
+         longest stall: the longest time in which messages were pending but the consumer's \
+         delivered stream sequence did not move (counted from the start, so the wait for the first \
+         delivery is one). A drain not done after {} s is reported as such, with the consumer's \
+         state.\n\n| round | raw | eda |\n| --- | --- | --- |\n{}\n\nMedians of the drains that \
+         ended: raw {:.0} events/s, eda {:.0} events/s, eda / raw {:.2}; longest stall (min / \
+         median / max, s): raw {:.1} / {:.1} / {:.1}, eda {:.1} / {:.1} / {:.1}.\n",
+        bound.as_secs(),
+        rows.join("\n"),
+        median(raw),
+        median(eda),
+        median(eda) / median(raw),
+        raw_stalls.sorted().first().copied().unwrap_or(f64::NAN),
+        raw_stalls.median(),
+        raw_stalls.sorted().last().copied().unwrap_or(f64::NAN),
+        eda_stalls.sorted().first().copied().unwrap_or(f64::NAN),
+        eda_stalls.median(),
+        eda_stalls.sorted().last().copied().unwrap_or(f64::NAN),
+    )
+}
+
 // ---- memory: RSS of a service in a process of its own ---------------------------------------
 
 /// The ten handlers of the memory scenario's service.
@@ -630,13 +931,7 @@ async fn rss_run(url: &str, count: u64) -> Result<u64, BoxError> {
 async fn eda_rss(url: &str, backlog: u64) -> Result<(u64, u64), BoxError> {
     let idle = rss_run(url, 0).await?;
     let producer = eda_app(url, "bench-publisher", &[], None).await?;
-    let mut next = 0;
-    while next < backlog {
-        let end = (next + 50_000).min(backlog);
-        let events: Vec<BacklogOrder> = (next..end).map(BacklogOrder::make).collect();
-        producer.publisher().publish_all(&events).await?;
-        next = end;
-    }
+    publish_backlog::<BacklogOrder>(&producer, backlog).await?;
     producer.shutdown().await?;
     let peak = rss_run(url, backlog).await?;
     Ok((idle, peak))
@@ -964,6 +1259,11 @@ async fn main() -> Result<(), BoxError> {
             memory: 100_000,
             backlog: 20_000,
             faststream: 2_000,
+            drain: 20_000,
+            // Short: scripts/test runs the quick bench on every run, and a stall of the pull
+            // stream lasts about 35 s (its 30 s expiry and a heartbeat); this reports one
+            // without waiting it out. A drain without a stall takes a few seconds.
+            drain_bound: Duration::from_secs(20),
         }
     } else {
         Counts {
@@ -975,11 +1275,27 @@ async fn main() -> Result<(), BoxError> {
             memory: 1_000_000,
             backlog: 500_000,
             faststream: 10_000,
+            drain: 100_000,
+            drain_bound: Duration::from_secs(300),
         }
     };
     let server = NatsServer::start()?;
     let url = server.url();
     let mut raw = Raw::connect(&url).await?;
+    let (mut raw_drains, mut eda_drains) = (Vec::new(), Vec::new());
+    if arg_value(&args, "--scenario").as_deref() == Some("drain") {
+        // The backlog drain alone: its section on stdout, no report written.
+        for round in 1..=rounds {
+            eprintln!("round {round} of {rounds}: backlog drain");
+            raw_drains.push(raw.drain(counts.drain, counts.drain_bound).await?);
+            eda_drains.push(eda_drain(&url, &raw.js, counts.drain, counts.drain_bound).await?);
+        }
+        println!(
+            "{}",
+            drain_section(counts.drain, counts.drain_bound, &raw_drains, &eda_drains)
+        );
+        return Ok(());
+    }
 
     let names = [
         "publish (pipelined)",
@@ -1137,6 +1453,13 @@ async fn main() -> Result<(), BoxError> {
             )
             .await?,
         ));
+        // One drain in a quick run: it is the longest scenario when it stalls.
+        if quick && round > 1 {
+            continue;
+        }
+        eprintln!("  backlog drain");
+        raw_drains.push(raw.drain(counts.drain, counts.drain_bound).await?);
+        eda_drains.push(eda_drain(&url, &raw.js, counts.drain, counts.drain_bound).await?);
     }
     eprintln!("memory: idle, then a backlog of {}", counts.backlog);
     let (idle_kib, peak_kib) = eda_rss(&url, counts.backlog).await?;
@@ -1304,6 +1627,12 @@ async fn main() -> Result<(), BoxError> {
         idle_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0,
         counts.backlog
+    ));
+    report.push_str(&drain_section(
+        counts.drain,
+        counts.drain_bound,
+        &raw_drains,
+        &eda_drains,
     ));
     report.push_str("\nPeers, end to end (scenario 2: publish while one no-op handler with concurrency 64 consumes, pull consumer, explicit ack):\n\n| peer | count | peer (events/s) | eda / peer (medians, eda idempotency off) |\n| --- | --- | --- | --- |\n");
     for (i, peer) in peers.iter().enumerate() {
