@@ -238,11 +238,13 @@ const PULL: Pull = Pull {
     heartbeat_expires: None,
 };
 
-/// eda's pull for a handler with the default `concurrency = 1` (edaruntime's `fetch_batch`,
-/// `max_ack_pending`, heartbeat and expiry), written by hand for the backlog drain.
-const PULL_LIKE_EDA_DEFAULT: Pull = Pull {
+/// A hand-written consumer handling one message at a time, as a default handler
+/// (`concurrency = 1`) does, for the backlog drain: async-nats' pull stream in batches of 64
+/// (pulls of 2, as eda's consume loop made before it sent its own pull requests, stall in
+/// async-nats' pull stream for its 35 s fallback, so they make no baseline).
+const PULL_ONE_AT_A_TIME: Pull = Pull {
     in_flight: 1,
-    batch: 2,
+    batch: 64,
     max_ack_pending: 256,
     heartbeat_expires: Some((Duration::from_secs(5), Duration::from_secs(30))),
 };
@@ -482,18 +484,18 @@ impl Raw {
     }
 
     /// The backlog drain by hand: the durable consumer first, then `count` events published,
-    /// then the consumer started (pulling as eda does for a default handler, each message
+    /// then the consumer started (one message at a time as a default handler, each message
     /// with the KV create of the idempotent scenario and an ack) and watched until it has
     /// drained them or `bound` has passed.
     async fn drain(&mut self, count: u64, bound: Duration) -> Result<Drain, BoxError> {
         self.run += 1;
         let subject = "raw.drain";
-        let (consumer, durable) = self.durable(subject, PULL_LIKE_EDA_DEFAULT).await?;
+        let (consumer, durable) = self.durable(subject, PULL_ONE_AT_A_TIME).await?;
         self.publish_pipelined(subject, count).await?;
         let stream = self.js.get_stream("RAW").await?;
         let before = stream.consumer_info(&durable).await?;
         let started = Instant::now();
-        let (_, task) = self.spawn_consumer(consumer, PULL_LIKE_EDA_DEFAULT, Work::KvCreate, None);
+        let (_, task) = self.spawn_consumer(consumer, PULL_ONE_AT_A_TIME, Work::KvCreate, None);
         let drain = watch_drain(&stream, &durable, count, &before, started, bound).await;
         task.abort();
         Ok(drain)
@@ -827,9 +829,9 @@ fn drain_section(count: u64, bound: Duration, raw: &[Drain], eda: &[Drain]) -> S
         "\nBacklog drain: {count} events published before the service starts, kept for it by the \
          durable consumer an earlier start created (eda: one no-op handler with every option at its \
          default: `concurrency = 1`, `idempotent = \"redelivered\"`, which records every success \
-         with a KV create; raw: the same by hand, a pull consumer pulling as eda does for it (one \
-         message at a time, pulls of 2, 5 s heartbeat, 30 s expiry, 256 awaiting an ack at most), \
-         each message with a KV create and an ack). Events/s until the \
+         with a KV create; raw: the same by hand, one message at a time from async-nats' pull \
+         stream in batches of 64 (5 s heartbeat, 30 s expiry, 256 awaiting an ack at most), each \
+         message with a KV create and an ack). Events/s until the \
          consumer has nothing pending or awaiting an ack (its info polled every 100 ms), and the \
          longest stall: the longest time in which messages were pending but the consumer's \
          delivered stream sequence did not move (counted from the start, so the wait for the first \

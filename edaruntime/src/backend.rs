@@ -112,7 +112,7 @@ impl Backend {
                             .consumer_backlog(backlog.pending, backlog.ack_pending);
                         runtime
                             .acknowledged
-                            .fetch_max(backlog.acknowledged, Ordering::SeqCst);
+                            .store(backlog.acknowledged, Ordering::SeqCst);
                     }
                 }
             }

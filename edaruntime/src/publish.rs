@@ -169,16 +169,18 @@ impl Publisher {
     }
 }
 
-/// The id of the `index`-th event (0-based) a handler publishes while handling the event
-/// `cause`: a UUID v8 made of a SHA-256 of the three. A handler run again after a failure
+/// The id of the `index`-th event (0-based) of one name a handler publishes while handling
+/// an event — `parts` are the service, the handler, the causing event's id and the published
+/// event's name: a UUID v8 made of a SHA-256 of them. A handler run again after a failure
 /// publishes the same ids, so the broker's duplicate window (and downstream idempotency)
-/// absorbs the repeats.
-pub(crate) fn derived_id(cause: &str, handler: &str, index: u32) -> String {
+/// absorbs the repeats; two services, two handlers or two event types never share one.
+pub(crate) fn derived_id(parts: [&str; 4], index: u32) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hash = Sha256::new();
-    hash.update(cause.as_bytes());
-    hash.update([0]);
-    hash.update(handler.as_bytes());
-    hash.update([0]);
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
     hash.update(index.to_le_bytes());
     let digest = hash.finalize();
     let mut bytes = [0u8; 16];
@@ -190,7 +192,8 @@ pub(crate) fn derived_id(cause: &str, handler: &str, index: u32) -> String {
         if matches!(i, 4 | 6 | 8 | 10) {
             id.push('-');
         }
-        id.push_str(&format!("{byte:02x}"));
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     id
 }
@@ -277,17 +280,26 @@ mod tests {
     use super::derived_id;
 
     #[test]
-    fn derived_ids_are_stable_uuid_v8_and_differ_by_cause_handler_and_index() {
-        let id = derived_id("0190-cause", "ship", 0);
-        assert_eq!(id, derived_id("0190-cause", "ship", 0));
+    fn derived_ids_are_stable_uuid_v8_and_differ_by_every_part_and_the_index() {
+        let of = |service, handler, cause, name, index| {
+            derived_id([service, handler, cause, name], index)
+        };
+        let id = of("shop", "ship", "0190-cause", "order.shipped", 0);
+        assert_eq!(id, of("shop", "ship", "0190-cause", "order.shipped", 0));
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'8', "version 8: {id}");
         assert!(
             matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'),
             "variant: {id}"
         );
-        assert_ne!(id, derived_id("0190-cause", "ship", 1));
-        assert_ne!(id, derived_id("0190-cause", "bill", 0));
-        assert_ne!(id, derived_id("0190-other", "ship", 0));
+        for other in [
+            of("shop", "ship", "0190-cause", "order.shipped", 1),
+            of("shop", "bill", "0190-cause", "order.shipped", 0),
+            of("shop", "ship", "0190-other", "order.shipped", 0),
+            of("shop", "ship", "0190-cause", "order.billed", 0),
+            of("depot", "ship", "0190-cause", "order.shipped", 0),
+        ] {
+            assert_ne!(id, other);
+        }
     }
 }

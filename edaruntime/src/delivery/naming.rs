@@ -30,6 +30,12 @@ impl Names {
             Some(epoch) => format!("{}{epoch}.{id}", self.key_prefix),
         }
     }
+
+    /// `dlq.<idempotency key>`: where the decision to dead-letter an event is recorded (read
+    /// only for redeliveries of the same message, whose terminate was not confirmed).
+    pub(crate) fn dead_letter_key(idempotency_key: &str) -> String {
+        format!("dlq.{idempotency_key}")
+    }
 }
 
 #[cfg(test)]
@@ -45,6 +51,10 @@ mod tests {
         assert_eq!(
             names.idempotency_key("7", Some("EDA_EVENTS-1700000000")),
             "billing.charge.EDA_EVENTS-1700000000.7"
+        );
+        assert_eq!(
+            Names::dead_letter_key("billing.charge.0190"),
+            "dlq.billing.charge.0190"
         );
     }
 }

@@ -175,11 +175,12 @@ impl HandlerRuntime {
         let raw = delivery.raw.clone();
         let key = self.idempotency_key(&delivery);
         let event = raw.metadata().name.as_str();
-        // The slot is held until the message is settled: a record or a dead letter retried in
-        // place keeps it, so an outage of the store or the dead-letter stream stops this
-        // handler's intake instead of piling up messages.
-        let _permit = permit;
-        let decision = match self.process(delivery, key.as_deref()).await {
+        // The slot is held until the message is settled, except after a success whose id
+        // is recorded at the first try: a record or a dead letter retried in place keeps (or
+        // takes back) a slot, so an outage of the store or of the dead-letter stream stops
+        // this handler's intake instead of piling up messages.
+        let mut permit = permit;
+        let decision = match self.process(delivery, key.as_deref(), &mut permit).await {
             Processed::Decided(decision) => decision,
             Processed::AlreadyDeadLettered => {
                 tracing::info!("already dead-lettered; terminating it again");
@@ -278,7 +279,11 @@ impl HandlerRuntime {
         // Remembered before the terminate: should the terminate not reach the server, the
         // redelivery is terminated without running the handler again.
         if let Some(key) = &key {
-            if let Err(e) = self.store.record_dead_letter(key).await {
+            if let Err(e) = self
+                .store
+                .record_dead_letter(&Names::dead_letter_key(key))
+                .await
+            {
                 tracing::warn!(error = %e, "cannot record the dead-letter decision; should the terminate fail, a redelivery dead-letters it again (deduplicated)");
             }
         }
@@ -288,7 +293,12 @@ impl HandlerRuntime {
     }
 
     /// Runs the handler (unless a record says it ran) and decides; records the id on success.
-    async fn process(&self, delivery: Delivery, key: Option<&str>) -> Processed {
+    async fn process(
+        &self,
+        delivery: Delivery,
+        key: Option<&str>,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Processed {
         let Delivery {
             raw,
             redelivered,
@@ -307,7 +317,11 @@ impl HandlerRuntime {
             Idempotency::Off => false,
         };
         if let (true, Some(key)) = (look_up, key) {
-            match self.store.lookup(key).await {
+            // The dead-letter record is read only for a redelivery of this very message (its
+            // terminate was not confirmed): a first delivery of the same id — a producer
+            // sending it again, a redrive — is handled afresh.
+            let dead_letter_key = (attempt > 1).then(|| Names::dead_letter_key(key));
+            match self.look_up(key, dead_letter_key.as_deref()).await {
                 Ok(Some(Found::Processed)) => return Processed::Decided(Decision::Duplicate),
                 Ok(Some(Found::DeadLettered)) => return Processed::AlreadyDeadLettered,
                 Ok(None) => {}
@@ -323,9 +337,30 @@ impl HandlerRuntime {
         let outcome = self.run(raw).await;
         let decision = decide(&outcome, attempt, options, random::unit());
         if let (Decision::Ack, Some(key)) = (&decision, key) {
-            self.record_in_place(key).await;
+            // The slot goes to the next message while the id is recorded; a record that has to
+            // be retried takes a slot again.
+            let semaphore = permit.take().map(|p| Arc::clone(p.semaphore()));
+            if self.store.record(key).await.is_err() {
+                if let Some(semaphore) = semaphore {
+                    *permit = semaphore.acquire_owned().await.ok();
+                }
+                self.record_in_place(key).await;
+            }
         }
         Processed::Decided(decision)
+    }
+
+    /// The processed-id record of `key`, else (for a redelivery) the dead-letter record.
+    async fn look_up(
+        &self,
+        key: &str,
+        dead_letter_key: Option<&str>,
+    ) -> Result<Option<Found>, crate::idempotency::StoreError> {
+        let found = self.store.lookup(key).await?;
+        match (found, dead_letter_key) {
+            (None, Some(dead_letter_key)) => self.store.lookup(dead_letter_key).await,
+            (found, _) => Ok(found),
+        }
     }
 
     /// Records a handled event's id, retrying until the store takes it: the handler ran, so

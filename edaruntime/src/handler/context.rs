@@ -5,8 +5,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::PublishError;
 use crate::event::{Event, Metadata};
@@ -104,8 +103,9 @@ pub struct Context {
     metadata: Arc<Metadata>,
     attempt: u32,
     scope: Arc<Scope>,
-    /// How many events this invocation published (shared by the clones extractors make).
-    published: Arc<AtomicU32>,
+    /// How many events of each type this invocation published (shared by the clones
+    /// extractors make).
+    published: Arc<Mutex<Vec<(&'static str, u32)>>>,
 }
 
 impl Context {
@@ -121,18 +121,39 @@ impl Context {
     /// Publishes `event` with this event's correlation id and this event as its cause; returns
     /// the new event's id once the broker stored it.
     ///
-    /// The id is derived from this event's id, the handler's name and how many events this
-    /// invocation published before: a handler that publishes and then fails publishes the
-    /// same ids when it runs again, so the broker's duplicate window drops the repeats and
-    /// downstream idempotency recognises them. Publish in the same order on every attempt.
+    /// The id is derived from the service, the handler, this event's id, the published
+    /// event's name and how many events of that name this invocation published before: a
+    /// handler that publishes and then fails publishes the same ids when it runs again, so
+    /// the broker's duplicate window drops the repeats and downstream idempotency recognises
+    /// them. Publish the events of one type in the same order on every attempt.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String, PublishError> {
-        let index = self.published.fetch_add(1, Ordering::Relaxed);
-        let mut options = PublishOptions::default()
-            .id(crate::publish::derived_id(
-                &self.metadata.id,
+        let index = {
+            let mut published = self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match published.iter_mut().find(|(name, _)| *name == E::NAME) {
+                Some((_, count)) => {
+                    *count += 1;
+                    *count - 1
+                }
+                None => {
+                    published.push((E::NAME, 1));
+                    0
+                }
+            }
+        };
+        let id = crate::publish::derived_id(
+            [
+                self.scope.publisher.service(),
                 &self.scope.handler,
-                index,
-            ))
+                &self.metadata.id,
+                E::NAME,
+            ],
+            index,
+        );
+        let mut options = PublishOptions::default()
+            .id(id)
             .correlation_id(self.metadata.correlation_id.clone())
             .causation_id(self.metadata.id.clone());
         if let Some(traceparent) = &self.metadata.traceparent {

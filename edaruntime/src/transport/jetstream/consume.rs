@@ -43,10 +43,15 @@ impl JetStream {
         acknowledged: u64,
         signals: Signals,
     ) {
-        runtime
-            .acknowledged
-            .fetch_max(acknowledged, Ordering::SeqCst);
-        let epoch = self.stream_epoch().await;
+        runtime.acknowledged.store(acknowledged, Ordering::SeqCst);
+        let epoch = match self.stream_epoch().await {
+            Some(epoch) => epoch,
+            None => {
+                tracing::warn!(stream = %self.settings.topology.events_stream, "cannot read the event stream's creation time: idempotency keys of messages without `Nats-Msg-Id` use its name alone");
+                Arc::from(self.settings.topology.events_stream.as_str())
+            }
+        };
+        runtime.bound.store(true, Ordering::SeqCst);
         let source = PullSource {
             subject: format!(
                 "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
@@ -71,21 +76,12 @@ impl JetStream {
 
     /// Names this incarnation of the event stream (its name and creation time), for the
     /// idempotency keys of messages whose id is only their stream sequence.
-    async fn stream_epoch(&self) -> Arc<str> {
+    async fn stream_epoch(&self) -> Option<Arc<str>> {
         let name = &self.settings.topology.events_stream;
-        let created = match self.context.get_stream(name).await {
-            Ok(mut stream) => stream
-                .info()
-                .await
-                .map(|info| {
-                    info.config.name.clone()
-                        + "-"
-                        + &info.created.unix_timestamp_nanos().to_string()
-                })
-                .ok(),
-            Err(_) => None,
-        };
-        Arc::from(created.unwrap_or_else(|| name.clone()))
+        let mut stream = self.context.get_stream(name).await.ok()?;
+        let info = stream.info().await.ok()?;
+        let created = info.created.unix_timestamp_nanos();
+        Some(Arc::from(format!("{}-{created}", info.config.name)))
     }
 }
 
@@ -136,6 +132,14 @@ impl Source for PullSource {
                         return None;
                     }
                 }
+            }
+            if !self.js.is_connected() {
+                // Requests sent now would wait in the client and reach the server all at once
+                // on reconnect; those sent before are gone with the connection.
+                self.requested = 0;
+                self.unbound("disconnected from NATS; pulling again once reconnected");
+                tokio::time::sleep(PULL_RETRY).await;
+                return None;
             }
             let wanted = room.saturating_sub(self.requested);
             if wanted > 0
@@ -195,22 +199,24 @@ impl Source for PullSource {
     }
 
     async fn release(&mut self) {
-        // Messages of the outstanding request that arrived but were not started.
-        while let Some(Some(message)) = self
-            .subscription
-            .as_mut()
-            .and_then(|s| futures_util::FutureExt::now_or_never(s.next()))
+        let Some(mut subscription) = self.subscription.take() else {
+            return;
+        };
+        // Unsubscribed first, so nothing arrives after the buffer is emptied; what arrived but
+        // was not started goes back now rather than after the ack wait.
+        let _ = subscription.unsubscribe().await;
+        let handed_back = self.runtime.metrics.handed_back();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(100), subscription.next()).await
         {
-            if message.status.is_none() {
+            if matches!(message.status, None | Some(StatusCode::OK)) {
                 if let Some(reply) = message.reply {
                     if let Some(sending) = self.js.ack_for(reply).hand_back() {
+                        handed_back.increment(1);
                         sending.await;
                     }
                 }
             }
-        }
-        if let Some(mut subscription) = self.subscription.take() {
-            let _ = subscription.unsubscribe().await;
         }
     }
 }
@@ -249,6 +255,7 @@ impl PullSource {
         };
         let silent_at = (self.heard + 2 * PULL_HEARTBEAT).min(self.expires_at + PULL_HEARTBEAT);
         tokio::select! {
+            biased;
             message = subscription.next() => match message {
                 Some(message) => Heard::Message(message),
                 None => Heard::Ended,
@@ -272,10 +279,11 @@ impl PullSource {
             self.requested = 0;
         }
         match (status, description) {
-            // Expired, or the server has nothing for a no-wait request: pull again at once.
+            // Expired, or the server has nothing for a no-wait request: pull again at once,
+            // for as many slots as are free now.
             (StatusCode::TIMEOUT | StatusCode::NOT_FOUND, _) => {
                 self.bound();
-                None
+                Some(Duration::ZERO)
             }
             (StatusCode::REQUEST_TERMINATED, Some(d)) if d.contains("Consumer Deleted") => {
                 self.unbound("the consumer was deleted");
@@ -299,24 +307,40 @@ impl PullSource {
     }
 
     /// Recreates the consumer if it is gone, from where the app last saw it acknowledged.
+    /// If the event stream itself was recreated (it took its consumers with it), the new one
+    /// starts over: the handler's `start` policy, fresh positions and a new epoch.
     async fn check_consumer(&mut self) {
         let durable = self.runtime.durable().to_owned();
         match self.js.consumer_exists(&durable).await {
-            Ok(true) | Err(_) => {}
-            Ok(false) => {
+            Ok(true) | Err(_) => return,
+            Ok(false) => {}
+        }
+        let descriptor = self.runtime.descriptor;
+        let recreated = match self.js.stream_epoch().await {
+            Some(epoch) if epoch != self.epoch => {
+                tracing::warn!(consumer = %durable, stream = %epoch,
+                    "the event stream was recreated; creating the consumer anew with the handler's start policy");
+                self.epoch = epoch;
+                self.seen_before = 0;
+                self.runtime.acknowledged.store(0, Ordering::SeqCst);
+                self.js.consumer(&durable, descriptor).await
+            }
+            _ => {
                 let position = self.runtime.acknowledged.load(Ordering::SeqCst);
                 tracing::warn!(consumer = %durable, from_sequence = position + 1,
-                    "the consumer was deleted behind the app's back; recreating it from the last acknowledged position (messages after it are delivered again and recognised by idempotency)");
-                match self
-                    .js
-                    .recreate_consumer(&durable, self.runtime.descriptor, position)
+                    "the consumer was deleted behind the app's back; recreating it from the last acknowledged position (messages after it are delivered again; this instance looks their ids up)");
+                // Everything up to the stream's end may have been delivered before.
+                let last = self.js.last_sequences().await.map(|(events, _)| events);
+                self.seen_before = self.seen_before.max(last.unwrap_or(self.highest));
+                self.js
+                    .recreate_consumer(&durable, descriptor, position)
                     .await
-                {
-                    Ok(_) => self.seen_before = self.seen_before.max(self.highest),
-                    Err(e) => {
-                        tracing::error!(consumer = %durable, error = %e, "cannot recreate the consumer; trying again")
-                    }
-                }
+            }
+        };
+        match recreated {
+            Ok(_) => self.bound(),
+            Err(e) => {
+                tracing::error!(consumer = %durable, error = %e, "cannot recreate the consumer; trying again")
             }
         }
     }
