@@ -1,8 +1,9 @@
-//! Acks, naks, terms and in-progress acks of pulled messages.
+//! Acks, naks, terms and in-progress acks of pulled messages, and what a pulled message's
+//! reply subject says about it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
 use futures_util::future::BoxFuture;
@@ -125,5 +126,58 @@ impl Acknowledge for JsAck {
                 tracing::debug!(error = %e, "handing a message back failed; it returns after the ack wait");
             }
         }))
+    }
+}
+
+/// What a JetStream message's reply subject says about it:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or
+/// with `<domain>.<account hash>.` before the stream (ADR-15).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct AckInfo {
+    pub(super) delivered: u64,
+    pub(super) stream_sequence: u64,
+    pub(super) published: SystemTime,
+}
+
+impl AckInfo {
+    pub(super) fn parse(reply: &str) -> Option<AckInfo> {
+        let rest = reply.strip_prefix("$JS.ACK.")?;
+        let tokens: Vec<&str> = rest.split('.').collect();
+        let numbers = match tokens.len() {
+            7 | 8 => &tokens[2..],
+            n if n >= 9 => &tokens[4..],
+            _ => return None,
+        };
+        let delivered = numbers.first()?.parse().ok()?;
+        let stream_sequence = numbers.get(1)?.parse().ok()?;
+        let nanos: u64 = numbers.get(3)?.parse().ok()?;
+        Some(AckInfo {
+            delivered,
+            stream_sequence,
+            published: UNIX_EPOCH + Duration::from_nanos(nanos),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_subjects_of_both_formats_are_read() {
+        let v1 = AckInfo::parse("$JS.ACK.EDA_EVENTS.svc__h.2.17.5.1700000000000000000.3");
+        assert_eq!(
+            v1,
+            Some(AckInfo {
+                delivered: 2,
+                stream_sequence: 17,
+                published: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000),
+            })
+        );
+        let v2 =
+            AckInfo::parse("$JS.ACK._.ACCHASH.EDA_EVENTS.svc__h.1.9.9.1700000000000000000.0.tok");
+        assert_eq!(v2.map(|i| (i.delivered, i.stream_sequence)), Some((1, 9)));
+        assert_eq!(AckInfo::parse("_INBOX.abc"), None);
+        assert_eq!(AckInfo::parse("$JS.ACK.too.few"), None);
     }
 }

@@ -11,14 +11,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::{StatusCode, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use super::ack::JsAck;
+use super::ack::{AckInfo, JsAck};
 use super::JetStream;
 use crate::delivery::{driver, HandlerRuntime};
 use crate::event::RawEvent;
@@ -389,58 +389,5 @@ impl PullSource {
         } else {
             tracing::debug!(consumer = %self.runtime.durable(), "{why}");
         }
-    }
-}
-
-/// What a JetStream message's reply subject says about it:
-/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or
-/// with `<domain>.<account hash>.` before the stream (ADR-15).
-#[derive(Debug, PartialEq, Eq)]
-struct AckInfo {
-    delivered: u64,
-    stream_sequence: u64,
-    published: SystemTime,
-}
-
-impl AckInfo {
-    fn parse(reply: &str) -> Option<AckInfo> {
-        let rest = reply.strip_prefix("$JS.ACK.")?;
-        let tokens: Vec<&str> = rest.split('.').collect();
-        let numbers = match tokens.len() {
-            7 | 8 => &tokens[2..],
-            n if n >= 9 => &tokens[4..],
-            _ => return None,
-        };
-        let delivered = numbers.first()?.parse().ok()?;
-        let stream_sequence = numbers.get(1)?.parse().ok()?;
-        let nanos: u64 = numbers.get(3)?.parse().ok()?;
-        Some(AckInfo {
-            delivered,
-            stream_sequence,
-            published: UNIX_EPOCH + Duration::from_nanos(nanos),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reply_subjects_of_both_formats_are_read() {
-        let v1 = AckInfo::parse("$JS.ACK.EDA_EVENTS.svc__h.2.17.5.1700000000000000000.3");
-        assert_eq!(
-            v1,
-            Some(AckInfo {
-                delivered: 2,
-                stream_sequence: 17,
-                published: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000),
-            })
-        );
-        let v2 =
-            AckInfo::parse("$JS.ACK._.ACCHASH.EDA_EVENTS.svc__h.1.9.9.1700000000000000000.0.tok");
-        assert_eq!(v2.map(|i| (i.delivered, i.stream_sequence)), Some((1, 9)));
-        assert_eq!(AckInfo::parse("_INBOX.abc"), None);
-        assert_eq!(AckInfo::parse("$JS.ACK.too.few"), None);
     }
 }
