@@ -88,13 +88,20 @@ pub(crate) trait Source: Send {
     type Ack: Acknowledge;
 
     /// The next message. `room` is how many messages the loop can start right now (the one
-    /// it will start included): a source asks its broker for no more, so that no message
-    /// waits in a client buffer with its ack wait running. `None`: nothing this time (the
-    /// source reopened, or failed and waited); the loop asks again.
+    /// it will start included); `ahead` is how many more the source may have on their way
+    /// (the loop allows some only while its handlers finish well within the ack wait, so that
+    /// a message waiting in a client buffer is started long before its ack wait runs out).
+    /// `None`: nothing this time (the source reopened, or failed and waited); the loop asks
+    /// again.
     fn next(
         &mut self,
         room: usize,
+        ahead: usize,
     ) -> impl std::future::Future<Output = Option<(Delivery, Self::Ack)>> + Send;
+
+    /// How long the broker waits for a delivered message's ack before it redelivers it;
+    /// `None` where it never does.
+    fn ack_wait(&self) -> Option<Duration>;
 
     /// Shutdown started: give back what was received but not started.
     fn release(&mut self) -> impl std::future::Future<Output = ()> + Send;

@@ -1,8 +1,10 @@
 //! The consume driver both transports share: concurrency permits, taking messages from a
-//! [`Source`] no faster than permits free up, one task per message with in-progress acks
+//! [`Source`] no faster than permits free up (and a little ahead only while handlers are
+//! quick against the ack wait), one task per message with in-progress acks
 //! while its handler runs, hand-back of what is cut off or never started, and the drain at
 //! shutdown. Transports supply only the [`Source`] and its [`Acknowledge`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ pub(crate) async fn drive<S: Source>(
     let mut tasks = JoinSet::new();
     let hand_backs = Arc::new(Outstanding::default());
     let handed_back = runtime.metrics.handed_back();
+    let busy = Arc::new(SlotTime::default());
     let draining = signals.draining();
     let stopped = signals.stopped();
     tokio::pin!(draining, stopped);
@@ -44,10 +47,14 @@ pub(crate) async fn drive<S: Source>(
             },
         };
         let room = permits.available_permits() + 1;
+        let ahead = match (source.ack_wait(), busy.mean()) {
+            (Some(ack_wait), Some(mean)) if mean < ack_wait / 10 => concurrency,
+            _ => 0,
+        };
         let next = tokio::select! {
             biased;
             () = &mut draining => break,
-            next = source.next(room) => next,
+            next = source.next(room, ahead) => next,
         };
         let Some((delivery, ack)) = next else {
             continue;
@@ -55,7 +62,9 @@ pub(crate) async fn drive<S: Source>(
         // Made before the task: a task aborted before its first poll hands back too.
         let settlement = Settlement::new(ack.clone(), Arc::clone(&hand_backs), handed_back.clone());
         let runtime = Arc::clone(&runtime);
+        let busy = Arc::clone(&busy);
         let work = async move {
+            let started = tokio::time::Instant::now();
             let deliver = runtime.deliver(delivery, settlement, Some(permit));
             match ack.progress_period() {
                 Some(period) => {
@@ -67,6 +76,7 @@ pub(crate) async fn drive<S: Source>(
                 }
                 None => deliver.await,
             }
+            busy.record(started.elapsed());
         };
         if concurrency == 1 {
             // One at a time: run it here rather than spawn a task per message. Dropped at
@@ -89,6 +99,36 @@ pub(crate) async fn drive<S: Source>(
         .is_err()
     {
         tracing::debug!("handing back cut-off messages timed out; they return after the ack wait");
+    }
+}
+
+/// How long a slot is busy with one message (handler, record, settle), as a moving average:
+/// the loop lets messages be pulled ahead of free slots only while this is short against the
+/// ack wait.
+#[derive(Debug, Default)]
+struct SlotTime {
+    /// Nanoseconds; 0 until the first message is done.
+    mean: AtomicU64,
+}
+
+impl SlotTime {
+    fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        // A lost update between two finishing tasks only skips one sample.
+        let old = self.mean.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.mean.store(new.max(1), Ordering::Relaxed);
+    }
+
+    fn mean(&self) -> Option<Duration> {
+        match self.mean.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
     }
 }
 

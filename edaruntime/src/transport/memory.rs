@@ -224,7 +224,7 @@ struct MemorySource {
 impl Source for MemorySource {
     type Ack = MemoryAck;
 
-    async fn next(&mut self, _room: usize) -> Option<(Delivery, MemoryAck)> {
+    async fn next(&mut self, _room: usize, _ahead: usize) -> Option<(Delivery, MemoryAck)> {
         let queued = self.consumer.next().await;
         let delivery = Delivery {
             raw: RawEvent::new(
@@ -245,6 +245,10 @@ impl Source for MemorySource {
     }
 
     async fn release(&mut self) {}
+
+    fn ack_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl fmt::Debug for MemoryBroker {

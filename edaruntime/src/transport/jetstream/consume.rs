@@ -121,7 +121,11 @@ enum Heard {
 impl Source for PullSource {
     type Ack = JsAck;
 
-    async fn next(&mut self, room: usize) -> Option<(Delivery, JsAck)> {
+    fn ack_wait(&self) -> Option<Duration> {
+        Some(self.js.settings.topology.ack_wait)
+    }
+
+    async fn next(&mut self, room: usize, ahead: usize) -> Option<(Delivery, JsAck)> {
         loop {
             if self.subscription.is_none() {
                 match self.js.client.subscribe(self.inbox.clone()).await {
@@ -141,7 +145,7 @@ impl Source for PullSource {
                 tokio::time::sleep(PULL_RETRY).await;
                 return None;
             }
-            let wanted = room.saturating_sub(self.requested);
+            let wanted = (room + ahead).saturating_sub(self.requested);
             if wanted > 0
                 && (self.requested == 0 || wanted >= self.top_up)
                 && !self.pull(wanted).await
