@@ -31,6 +31,7 @@ pub(crate) async fn drive<S: Source>(
     let hand_backs = Arc::new(Outstanding::default());
     let handed_back = runtime.metrics.handed_back();
     let busy = Arc::new(SlotTime::default());
+    let inline = concurrency == 1 && source.ack_wait().is_none();
     let draining = signals.draining();
     let stopped = signals.stopped();
     tokio::pin!(draining, stopped);
@@ -48,7 +49,7 @@ pub(crate) async fn drive<S: Source>(
         };
         let room = permits.available_permits() + 1;
         let ahead = match (source.ack_wait(), busy.mean()) {
-            (Some(ack_wait), Some(mean)) if mean < ack_wait / 10 => concurrency,
+            (Some(ack_wait), Some(mean)) => ahead_for(ack_wait, mean, concurrency),
             _ => 0,
         };
         let next = tokio::select! {
@@ -78,9 +79,11 @@ pub(crate) async fn drive<S: Source>(
             }
             busy.record(started.elapsed());
         };
-        if concurrency == 1 {
-            // One at a time: run it here rather than spawn a task per message. Dropped at
-            // the shutdown deadline, its settlement hands the message back.
+        if inline {
+            // One at a time on a source whose settling costs nothing (in memory): run it here
+            // rather than spawn a task per message. On a broker the task lets the id's record
+            // and the ack overlap with the next message. Dropped at the shutdown deadline, its
+            // settlement hands the message back.
             tokio::select! {
                 biased;
                 () = work => {}
@@ -100,6 +103,18 @@ pub(crate) async fn drive<S: Source>(
     {
         tracing::debug!("handing back cut-off messages timed out; they return after the ack wait");
     }
+}
+
+/// Messages a loop may pull ahead of its free slots: as many as its slots get through in a
+/// tenth of the ack wait at their recent pace (a message pulled ahead then starts long before
+/// its ack wait runs out), at most `max(64, 2 × concurrency)`.
+fn ahead_for(ack_wait: Duration, mean: Duration, concurrency: usize) -> usize {
+    let budget = ack_wait / 10;
+    let per_slot = budget.as_nanos() / mean.as_nanos().max(1);
+    let cap = (2 * concurrency).max(64);
+    usize::try_from(per_slot.saturating_mul(concurrency as u128))
+        .unwrap_or(usize::MAX)
+        .min(cap)
 }
 
 /// How long a slot is busy with one message (handler, record, settle), as a moving average:
@@ -157,4 +172,47 @@ async fn finish_in_flight(tasks: &mut JoinSet<()>, stopped: impl std::future::Fu
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_pulled_ahead_only_while_slots_finish_well_within_the_ack_wait() {
+        let wait = Duration::from_secs(30);
+        assert_eq!(
+            ahead_for(wait, Duration::from_micros(50), 1),
+            64,
+            "quick: up to the cap"
+        );
+        assert_eq!(ahead_for(wait, Duration::from_micros(50), 100), 200);
+        assert_eq!(
+            ahead_for(wait, Duration::from_secs(1), 1),
+            3,
+            "3 s of work ahead"
+        );
+        assert_eq!(
+            ahead_for(wait, Duration::from_secs(4), 1),
+            0,
+            "slow: none ahead"
+        );
+        assert_eq!(
+            ahead_for(Duration::from_secs(3), Duration::from_millis(2500), 1),
+            0
+        );
+    }
+
+    #[test]
+    fn the_slot_time_is_a_moving_average() {
+        let busy = SlotTime::default();
+        assert_eq!(busy.mean(), None, "unknown until a message is done");
+        busy.record(Duration::from_millis(80));
+        assert_eq!(busy.mean(), Some(Duration::from_millis(80)));
+        for _ in 0..100 {
+            busy.record(Duration::from_millis(8));
+        }
+        let mean = busy.mean().unwrap();
+        assert!(mean < Duration::from_millis(9), "{mean:?}");
+    }
 }

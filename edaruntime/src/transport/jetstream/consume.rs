@@ -257,6 +257,13 @@ impl PullSource {
         let Some(subscription) = self.subscription.as_mut() else {
             return Heard::Ended;
         };
+        // Under load the next message is already there: no timer for it.
+        if let Some(message) = futures_util::FutureExt::now_or_never(subscription.next()) {
+            return match message {
+                Some(message) => Heard::Message(message),
+                None => Heard::Ended,
+            };
+        }
         let silent_at = (self.heard + 2 * PULL_HEARTBEAT).min(self.expires_at + PULL_HEARTBEAT);
         tokio::select! {
             biased;
