@@ -5,6 +5,11 @@
 //! a missing dead-letter stream, a recreated event stream, acks the server refuses.
 //!
 //! These tests describe the wanted behaviour; they were written before the fixes.
+//!
+//! In memory too: follow-up ids (finding 3) and a dead letter that cannot be stored (5b, by
+//! `MemoryBroker::fail_next_dead_letters`). Not in memory: its processed-id store cannot fail
+//! (2), it has no message size limit (5a), its terminates cannot fail (6), its ids never come
+//! from stream positions (7), and it has no consumer configuration or pull heartbeats (8, 9).
 #![allow(missing_docs, missing_debug_implementations)]
 
 use std::collections::HashMap;

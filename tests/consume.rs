@@ -5,6 +5,11 @@
 //!
 //! The server binary comes from `EDA_NATS_SERVER` (a path) or `nats-server` on PATH; the
 //! backlog test is meant to be run on both supported servers (2.9.10 and the current one).
+//!
+//! None of these has an in-memory twin: the in-memory broker has no ack wait for a held
+//! message (nothing is pulled ahead there; a consumer takes a message only when a slot is
+//! free), no pull requests to lose or to stall, no consumers to delete behind the app's back,
+//! and every message it delivers is its own.
 #![allow(missing_docs, missing_debug_implementations)]
 
 use std::collections::HashMap;

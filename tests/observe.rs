@@ -32,6 +32,11 @@ pub struct ObsPoison {
     pub n: u64,
 }
 
+#[event("obs.stuck")]
+pub struct ObsStuck {
+    pub n: u64,
+}
+
 #[derive(Default)]
 pub struct Calls(AtomicU32);
 
@@ -49,6 +54,11 @@ async fn obs_flaky(_event: ObsFlaky, calls: State<Calls>) -> Result<(), HandlerE
 #[handler]
 async fn obs_poison(_event: ObsPoison) -> Result<(), HandlerError> {
     Err(HandlerError::permanent("never"))
+}
+
+#[handler]
+async fn obs_stuck(_event: ObsStuck) {
+    tokio::time::sleep(Duration::from_secs(600)).await;
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -251,6 +261,62 @@ async fn readyz_follows_the_broker_connection() {
         "{text}"
     );
     app.shutdown().await.unwrap();
+}
+
+/// A handler cut off at the shutdown deadline hands its message back, and the hand-back is
+/// counted (`eda_messages_handed_back_total`), not lost among the outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_cut_off_at_the_shutdown_deadline_is_counted_as_handed_back() {
+    let app = TestApp::builder("obs-cutoff")
+        .handlers(&["obs_stuck"])
+        .configure(|b| {
+            b.metrics_addr("127.0.0.1:0")
+                .shutdown_timeout(Duration::from_millis(200))
+        })
+        .start()
+        .await
+        .unwrap();
+    let addr = app.app().metrics_addr().expect("metrics are served");
+    app.publish(&ObsStuck { n: 1 }).await.unwrap();
+    let labels = [("service", "obs-cutoff"), ("handler", "obs_stuck")];
+    let mut running = false;
+    for _ in 0..100 {
+        let (_, text) = get(addr, "/metrics").await;
+        if value(&text, "eda_handlers_in_flight", &labels) == Some(1.0) {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(running, "the handler started");
+    app.shutdown().await.unwrap();
+    // The recorder is process-wide: another app's listener shows the first app's series.
+    let reader = TestApp::builder("obs-cutoff-reader")
+        .handlers(&[])
+        .configure(|b| b.metrics_addr("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    let (_, text) = get(reader.app().metrics_addr().unwrap(), "/metrics").await;
+    assert_eq!(
+        value(&text, "eda_messages_handed_back_total", &labels),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "eda_events_handled_total",
+            &[
+                ("service", "obs-cutoff"),
+                ("handler", "obs_stuck"),
+                ("event", "obs.stuck"),
+                ("outcome", "success"),
+            ],
+        ),
+        Some(0.0),
+        "a cut-off handler has no outcome"
+    );
 }
 
 #[test]
