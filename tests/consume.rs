@@ -499,3 +499,86 @@ async fn a_message_without_jetstream_metadata_is_terminated_and_logged() {
         "the stranger never reached the handler"
     );
 }
+
+// ---- hand-backs are not attempts --------------------------------------------------------------
+
+#[handler(service = "consume-tests", start = "all")]
+async fn counts_attempts(event: Envelope<Job>, ledger: State<Ledger>) {
+    ledger.runs.lock().unwrap().push((event.id, event.attempt));
+    ledger.count(event.id);
+}
+
+/// Finding 1, second half: a message that arrived after shutdown started is handed back
+/// unstarted; that delivery raised the broker's count but is no attempt. Instances are stopped
+/// while a backlog flows (quick handlers pull ahead), until some messages were handed back;
+/// every message a handler then sees carries attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_handed_back_at_shutdown_do_not_count_as_attempts() {
+    const EVENTS: u64 = 20_000;
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let start = || async {
+        TestApp::builder("consume-tests")
+            .nats(server.url())
+            .shared_state(Arc::clone(&ledger))
+            .handlers(&["counts_attempts"])
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("the app starts: {e}"))
+    };
+    let producer = TestApp::builder("consume-tests")
+        .nats(server.url())
+        .handlers(&[])
+        .start()
+        .await
+        .unwrap();
+    let jobs: Vec<Job> = (0..EVENTS).map(|id| Job { id }).collect();
+    for chunk in jobs.chunks(5_000) {
+        producer.publisher().publish_all(chunk).await.unwrap();
+    }
+    let js = plain_client(&server).await;
+    let handed_back = || async {
+        let bucket = js.get_stream("KV_EDA_PROCESSED").await.unwrap();
+        match bucket.info_with_subjects("$KV.EDA_PROCESSED.back.>").await {
+            Ok(subjects) => subjects.count().await,
+            Err(_) => 0,
+        }
+    };
+    let mut rounds = 0;
+    while handed_back().await == 0 && rounds < 10 && (ledger.distinct() as u64) < EVENTS / 2 {
+        rounds += 1;
+        let app = start().await;
+        let before = ledger.distinct();
+        eventually(Duration::from_secs(30), || ledger.distinct() > before + 200).await;
+        app.shutdown().await.unwrap();
+    }
+    assert!(
+        handed_back().await > 0,
+        "test setup: stopping {rounds} instances during the drain handed no message back"
+    );
+    let app = start().await;
+    let drained = eventually(Duration::from_secs(120), || {
+        ledger.distinct() as u64 == EVENTS
+    })
+    .await;
+    assert!(
+        drained,
+        "every event handled: {} of {EVENTS}",
+        ledger.distinct()
+    );
+    app.settle().await;
+    let counted: Vec<(u64, u32)> = ledger
+        .runs
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|(_, attempt)| *attempt != 1)
+        .collect();
+    assert!(
+        counted.is_empty(),
+        "messages handed back unstarted came back with their hand-back counted as an attempt \
+         (id, attempt): {:?}",
+        &counted[..counted.len().min(10)]
+    );
+}

@@ -207,6 +207,12 @@ impl RawEvent {
         }
     }
 
+    /// The same message as delivery attempt `attempt`.
+    pub(crate) fn with_attempt(mut self, attempt: u32) -> RawEvent {
+        self.attempt = attempt;
+        self
+    }
+
     /// Event name.
     pub fn name(&self) -> &str {
         &self.metadata.name

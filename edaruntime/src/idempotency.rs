@@ -80,6 +80,11 @@ pub trait IdempotencyStore: Send + Sync + fmt::Debug + 'static {
     fn record<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Recorded, StoreError>>;
     /// Records that `key`'s event was dead-lettered (overwriting nothing but an absent key).
     fn record_dead_letter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Counts one hand-back of `key`'s message that never reached its handler (it arrived
+    /// after shutdown started): its next delivery does not count it as an attempt.
+    fn record_hand_back<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// How many hand-backs of `key`'s message were counted.
+    fn hand_backs<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u32, StoreError>>;
 }
 
 /// An in-process store that forgets ids after a TTL (24 h by default, like `EDA_PROCESSED`).
@@ -92,6 +97,7 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Entries {
     by_key: HashMap<String, (Instant, Found)>,
+    hand_backs: HashMap<String, u32>,
     order: VecDeque<(Instant, String)>,
 }
 
@@ -158,6 +164,18 @@ impl IdempotencyStore for MemoryStore {
             e.create(key, Found::DeadLettered);
         });
         Box::pin(async move { recorded })
+    }
+
+    fn record_hand_back<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let recorded = self.with_entries(|e| {
+            *e.hand_backs.entry(key.to_owned()).or_default() += 1;
+        });
+        Box::pin(async move { recorded })
+    }
+
+    fn hand_backs<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u32, StoreError>> {
+        let count = self.with_entries(|e| e.hand_backs.get(key).copied().unwrap_or(0));
+        Box::pin(async move { count })
     }
 }
 

@@ -31,6 +31,11 @@ impl Names {
         }
     }
 
+    /// `back.<idempotency key>`: how often the event's message was handed back unstarted.
+    pub(crate) fn hand_back_key(idempotency_key: &str) -> String {
+        format!("back.{idempotency_key}")
+    }
+
     /// `dlq.<idempotency key>`: where the decision to dead-letter an event is recorded (read
     /// only for redeliveries of the same message, whose terminate was not confirmed).
     pub(crate) fn dead_letter_key(idempotency_key: &str) -> String {

@@ -172,8 +172,9 @@ impl HandlerRuntime {
         settlement: Settlement<A>,
         permit: Option<OwnedSemaphorePermit>,
     ) {
-        let raw = delivery.raw.clone();
         let key = self.idempotency_key(&delivery);
+        let delivery = self.real_attempt(delivery, key.as_deref()).await;
+        let raw = delivery.raw.clone();
         let event = raw.metadata().name.as_str();
         // The slot is held until the message is settled, except after a success whose id
         // is recorded at the first try: a record or a dead letter retried in place keeps (or
@@ -216,11 +217,33 @@ impl HandlerRuntime {
         }
     }
 
-    fn idempotency_key(&self, delivery: &Delivery) -> Option<String> {
+    pub(crate) fn idempotency_key(&self, delivery: &Delivery) -> Option<String> {
         (self.options().idempotent != Idempotency::Off).then(|| {
             self.names
                 .idempotency_key(&delivery.raw.metadata().id, delivery.id_epoch.as_deref())
         })
+    }
+
+    /// The attempt number counts only deliveries that reached the handler: hand-backs of the
+    /// message that never started (it arrived after shutdown began) are subtracted. Looked up
+    /// for redeliveries only, and only where the handler keeps records (idempotency on).
+    async fn real_attempt(&self, mut delivery: Delivery, key: Option<&str>) -> Delivery {
+        let delivered = delivery.raw.attempt();
+        let Some(key) = key.filter(|_| delivered > 1) else {
+            return delivery;
+        };
+        match self.store.hand_backs(&Names::hand_back_key(key)).await {
+            Ok(0) => {}
+            Ok(unstarted) => {
+                let attempt = delivered.saturating_sub(unstarted).max(1);
+                tracing::Span::current().record("attempt", attempt);
+                delivery.raw = delivery.raw.with_attempt(attempt);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the hand-backs; the delivery count stands")
+            }
+        }
+        delivery
     }
 
     /// Stores a dead letter, then terminates the original. A dead letter that cannot be

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::ack::{AckInfo, JsAck};
 use super::JetStream;
+use crate::delivery::naming::Names;
 use crate::delivery::{driver, HandlerRuntime};
 use crate::event::RawEvent;
 use crate::lifecycle::Signals;
@@ -31,6 +32,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// How often the server says a waiting pull request is alive; two missed and the request is
 /// taken for lost.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// At shutdown, how long the server may stay quiet before the outstanding requests are taken
+/// to bring nothing more.
+const RELEASE_QUIET: Duration = Duration::from_millis(250);
 /// How long to wait before pulling again after the broker could not serve a pull.
 const PULL_RETRY: Duration = Duration::from_secs(1);
 
@@ -206,26 +210,66 @@ impl Source for PullSource {
         let Some(mut subscription) = self.subscription.take() else {
             return;
         };
-        // Unsubscribed first, so nothing arrives after the buffer is emptied; what arrived but
-        // was not started goes back now rather than after the ack wait.
-        let _ = subscription.unsubscribe().await;
+        // What the outstanding requests still bring is taken and handed back (a message
+        // dropped by an unsubscribed client would return only after the ack wait, counted as
+        // an attempt); the server going quiet for a moment ends the wait.
         let handed_back = self.runtime.metrics.handed_back();
-        while let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_millis(100), subscription.next()).await
-        {
-            if matches!(message.status, None | Some(StatusCode::OK)) {
-                if let Some(reply) = message.reply {
-                    if let Some(sending) = self.js.ack_for(reply).hand_back() {
+        while self.requested > 0 {
+            let Ok(Some(message)) = tokio::time::timeout(RELEASE_QUIET, subscription.next()).await
+            else {
+                break;
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    self.requested = self.requested.saturating_sub(1);
+                    if self.hand_back_unstarted(message).await {
                         handed_back.increment(1);
-                        sending.await;
                     }
                 }
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                Some(_) => {
+                    let unfilled = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Pending-Messages"))
+                        .and_then(|v| v.as_str().parse::<usize>().ok());
+                    self.requested = unfilled.map_or(0, |n| self.requested.saturating_sub(n));
+                }
+            }
+        }
+        let _ = subscription.unsubscribe().await;
+        while let Some(Some(message)) = futures_util::FutureExt::now_or_never(subscription.next()) {
+            if matches!(message.status, None | Some(StatusCode::OK))
+                && self.hand_back_unstarted(message).await
+            {
+                handed_back.increment(1);
             }
         }
     }
 }
 
 impl PullSource {
+    /// Hands back a message that never reached its handler, counting the hand-back so that
+    /// its next delivery does not take it for an attempt. True if it was handed back.
+    async fn hand_back_unstarted(&mut self, message: async_nats::Message) -> bool {
+        let Some((delivery, ack)) = self.delivery(message).await else {
+            return false;
+        };
+        if let Some(key) = self.runtime.idempotency_key(&delivery) {
+            let key = Names::hand_back_key(&key);
+            if let Err(e) = self.runtime.store.record_hand_back(&key).await {
+                tracing::debug!(error = %e, "cannot count the hand-back; the next delivery counts it as an attempt");
+            }
+        }
+        match ack.hand_back() {
+            Some(sending) => {
+                sending.await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Asks for `count` more messages. False if the request could not be sent.
     async fn pull(&mut self, count: usize) -> bool {
         let request = serde_json::json!({

@@ -136,6 +136,22 @@ impl IdempotencyStore for KvStore {
         Box::pin(async move { self.create(key, Bytes::new()).await })
     }
 
+    fn record_hand_back<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            // Read, then write: only the one instance holding the message hands it back.
+            let next = self.count(key).await? + 1;
+            self.bucket
+                .put(kv_key(key), Bytes::from(next.to_string()))
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::new(format!("cannot record `{key}`"), e))
+        })
+    }
+
+    fn hand_backs<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u32, StoreError>> {
+        Box::pin(async move { self.count(key).await })
+    }
+
     fn record_dead_letter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.create(key, Bytes::from_static(DEAD_LETTERED))
@@ -146,6 +162,17 @@ impl IdempotencyStore for KvStore {
 }
 
 impl KvStore {
+    async fn count(&self, key: &str) -> Result<u32, StoreError> {
+        let value = self
+            .bucket
+            .get(kv_key(key))
+            .await
+            .map_err(|e| StoreError::new(format!("cannot read `{key}`"), e))?;
+        Ok(value
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
     async fn create(&self, key: &str, value: Bytes) -> Result<Recorded, StoreError> {
         match self.bucket.create(kv_key(key), value).await {
             Ok(_) => Ok(Recorded::Created),
