@@ -77,22 +77,12 @@ impl JetStream {
         };
         driver::drive(runtime, source, signals).await;
     }
-
-    /// Names this incarnation of the event stream (its name and creation time), for the
-    /// idempotency keys of messages whose id is only their stream sequence.
-    async fn stream_epoch(&self) -> Option<Arc<str>> {
-        let name = &self.settings.topology.events_stream;
-        let mut stream = self.context.get_stream(name).await.ok()?;
-        let info = stream.info().await.ok()?;
-        let created = info.created.unix_timestamp_nanos();
-        Some(Arc::from(format!("{}-{created}", info.config.name)))
-    }
 }
 
 /// One instance's share of a handler's durable consumer, pulled with eda's own requests.
-struct PullSource {
-    js: Arc<JetStream>,
-    runtime: Arc<HandlerRuntime>,
+pub(super) struct PullSource {
+    pub(super) js: Arc<JetStream>,
+    pub(super) runtime: Arc<HandlerRuntime>,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`.
     subject: String,
     inbox: String,
@@ -106,12 +96,12 @@ struct PullSource {
     heard: Instant,
     /// When the newest outstanding request expires at the server (the others expire before).
     expires_at: Instant,
-    epoch: Arc<str>,
+    pub(super) epoch: Arc<str>,
     /// Stream sequences up to this one may have been handled by a consumer deleted behind the
     /// app's back: look their ids up even on a first delivery.
-    seen_before: u64,
+    pub(super) seen_before: u64,
     /// The highest stream sequence this instance received.
-    highest: u64,
+    pub(super) highest: u64,
 }
 
 enum Heard {
@@ -361,45 +351,6 @@ impl PullSource {
         }
     }
 
-    /// Recreates the consumer if it is gone, from where the app last saw it acknowledged.
-    /// If the event stream itself was recreated (it took its consumers with it), the new one
-    /// starts over: the handler's `start` policy, fresh positions and a new epoch.
-    async fn check_consumer(&mut self) {
-        let durable = self.runtime.durable().to_owned();
-        match self.js.consumer_exists(&durable).await {
-            Ok(true) | Err(_) => return,
-            Ok(false) => {}
-        }
-        let descriptor = self.runtime.descriptor;
-        let recreated = match self.js.stream_epoch().await {
-            Some(epoch) if epoch != self.epoch => {
-                tracing::warn!(consumer = %durable, stream = %epoch,
-                    "the event stream was recreated; creating the consumer anew with the handler's start policy");
-                self.epoch = epoch;
-                self.seen_before = 0;
-                self.runtime.acknowledged.store(0, Ordering::SeqCst);
-                self.js.consumer(&durable, descriptor).await
-            }
-            _ => {
-                let position = self.runtime.acknowledged.load(Ordering::SeqCst);
-                tracing::warn!(consumer = %durable, from_sequence = position + 1,
-                    "the consumer was deleted behind the app's back; recreating it from the last acknowledged position (messages after it are delivered again; this instance looks their ids up)");
-                // Everything up to the stream's end may have been delivered before.
-                let last = self.js.last_sequences().await.map(|(events, _)| events);
-                self.seen_before = self.seen_before.max(last.unwrap_or(self.highest));
-                self.js
-                    .recreate_consumer(&durable, descriptor, position)
-                    .await
-            }
-        };
-        match recreated {
-            Ok(_) => self.bound(),
-            Err(e) => {
-                tracing::error!(consumer = %durable, error = %e, "cannot recreate the consumer; trying again")
-            }
-        }
-    }
-
     /// A pulled message as the driver takes it; `None` (after terminating it) for a message
     /// without JetStream metadata, which would otherwise come back forever.
     async fn delivery(&mut self, message: async_nats::Message) -> Option<(Delivery, JsAck)> {
@@ -434,7 +385,7 @@ impl PullSource {
         Some((delivery, self.js.ack_for(reply)))
     }
 
-    fn bound(&self) {
+    pub(super) fn bound(&self) {
         self.runtime.bound.store(true, Ordering::SeqCst);
     }
 

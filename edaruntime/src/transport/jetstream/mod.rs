@@ -10,6 +10,7 @@ mod inspect;
 mod kv;
 mod provision;
 mod publish;
+mod recreate;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
