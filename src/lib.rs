@@ -46,7 +46,8 @@ pub use edaruntime::*;
 /// The names most services need: `use eda::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        event, handler, App, Context, Envelope, Event, HandlerError, Publisher, RawEvent, State,
+        event, handler, App, BreakerConfig, Context, Envelope, Event, HandlerError, Publisher,
+        RawEvent, State,
     };
 }
 

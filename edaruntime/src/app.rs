@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::backend::{Backend, BackendChoice, Opened};
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology};
 use crate::delivery::{HandlerRuntime, HandlerStats};
 use crate::dlq::DeadLetter;
@@ -45,6 +46,7 @@ pub struct App {
     transport: BackendChoice,
     shutdown_timeout: Duration,
     metrics_addr: Option<SocketAddr>,
+    breakers: Vec<(String, BreakerConfig)>,
 }
 
 impl App {
@@ -60,6 +62,7 @@ impl App {
             only: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             metrics_addr: None,
+            breakers: Vec::new(),
         }
     }
 
@@ -106,6 +109,7 @@ impl App {
             store,
         } = Backend::open(&self.transport, &self.service).await?;
         let publisher = Publisher::new(Arc::from(self.service.as_str()), Arc::clone(&transport));
+        let breakers = self.breakers();
         for descriptor in &self.handlers {
             let scope = Arc::new(Scope {
                 handler: descriptor.name.to_owned(),
@@ -117,6 +121,10 @@ impl App {
                 scope,
                 Arc::clone(&transport),
                 Arc::clone(&store),
+                descriptor
+                    .options
+                    .breaker
+                    .and_then(|name| breakers.iter().find(|b| b.name() == name).cloned()),
             ));
             let consume = backend.bind(&runtime, lifecycle.signals()).await?;
             tasks.spawn(consume);
@@ -126,7 +134,7 @@ impl App {
         let mut metrics_addr = None;
         if let Some((listener, prometheus)) = listener {
             metrics_addr = listener.local_addr().ok();
-            let probe = readiness_probe(&backend, &runtimes);
+            let probe = readiness_probe(&backend, &runtimes, &breakers);
             background
                 .push(tokio::spawn(observe::serve(listener, prometheus, probe)).abort_handle());
             tracing::info!(addr = ?metrics_addr, "serving /metrics, /healthz and /readyz");
@@ -139,12 +147,35 @@ impl App {
             publisher,
             backend,
             runtimes,
+            breakers,
             lifecycle,
             tasks,
             shutdown_timeout: self.shutdown_timeout,
             metrics_addr,
             background,
         })
+    }
+
+    /// One breaker per name the handlers use, configured or with the defaults.
+    fn breakers(&self) -> Vec<Breaker> {
+        let mut names: Vec<&str> = self
+            .handlers
+            .iter()
+            .filter_map(|h| h.options.breaker)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let config = self
+                    .breakers
+                    .iter()
+                    .find(|(configured, _)| configured == name)
+                    .map_or_else(BreakerConfig::default, |(_, config)| *config);
+                Breaker::new(name, config)
+            })
+            .collect()
     }
 
     /// Starts, runs until SIGINT or SIGTERM, then shuts down gracefully.
@@ -179,6 +210,7 @@ pub struct AppBuilder {
     only: Option<Vec<String>>,
     shutdown_timeout: Duration,
     metrics_addr: Option<String>,
+    breakers: Vec<(String, BreakerConfig)>,
 }
 
 impl AppBuilder {
@@ -308,6 +340,26 @@ impl AppBuilder {
         self
     }
 
+    /// Configures the circuit breaker `name` that handlers name with
+    /// `#[handler(breaker = "name")]` (a breaker no handler of this app names is a startup
+    /// error: a typo). Unconfigured breakers get [`BreakerConfig::default`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> eda::Result<()> {
+    /// use std::time::Duration;
+    /// eda::App::builder("notifications")
+    ///     .breaker("smtp", eda::BreakerConfig::default().open_for(Duration::from_secs(30)))
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn breaker(mut self, name: impl Into<String>, config: BreakerConfig) -> Self {
+        let name = name.into();
+        self.breakers.retain(|(configured, _)| *configured != name);
+        self.breakers.push((name, config));
+        self
+    }
+
     /// Discovers this service's handlers and checks everything; every problem is reported at
     /// once, one line each.
     pub fn build(self) -> Result<App> {
@@ -317,6 +369,7 @@ impl AppBuilder {
         }
         let (handlers, found) = registry::select(&self.service, self.only.as_deref(), &self.states);
         problems.extend(found);
+        problems.extend(breaker_problems(&self.breakers, &handlers));
         let (nats, env_problems, url_source) = if self.use_env {
             config::apply_env(
                 self.use_nats.then_some(self.nats),
@@ -362,6 +415,7 @@ impl AppBuilder {
             transport,
             shutdown_timeout: self.shutdown_timeout,
             metrics_addr,
+            breakers: self.breakers,
         })
     }
 
@@ -385,11 +439,43 @@ impl fmt::Debug for AppBuilder {
     }
 }
 
-/// Ready: connected to the broker and every handler's consumer bound.
-fn readiness_probe(backend: &Backend, runtimes: &[Arc<HandlerRuntime>]) -> observe::ReadinessProbe {
+/// Each configured breaker's mistakes, and the configured ones no handler names.
+fn breaker_problems(
+    configured: &[(String, BreakerConfig)],
+    handlers: &[&'static HandlerDescriptor],
+) -> Vec<String> {
+    let mut named: Vec<&str> = handlers.iter().filter_map(|h| h.options.breaker).collect();
+    named.sort_unstable();
+    named.dedup();
+    let mut problems = Vec::new();
+    for (name, config) in configured {
+        if !named.contains(&name.as_str()) {
+            problems.push(format!(
+                "breaker `{name}` is configured but no handler of this app names it (with `#[handler(breaker = \"{name}\")]`); named: {}",
+                if named.is_empty() { "none".to_owned() } else { named.join(", ") }
+            ));
+        }
+        problems.extend(config.problems(name));
+    }
+    problems
+}
+
+/// Ready: connected to the broker and every handler's consumer bound. Open breakers are
+/// listed, and do not make the app unready: the process is fine, its downstream is not.
+fn readiness_probe(
+    backend: &Backend,
+    runtimes: &[Arc<HandlerRuntime>],
+    breakers: &[Breaker],
+) -> observe::ReadinessProbe {
     let backend = backend.clone();
     let runtimes = runtimes.to_vec();
+    let breakers = breakers.to_vec();
     Arc::new(move || Readiness {
+        open_breakers: breakers
+            .iter()
+            .filter(|b| b.state() == BreakerState::Open)
+            .map(|b| b.name().to_owned())
+            .collect(),
         connected: backend.is_connected(),
         unbound: runtimes
             .iter()
@@ -420,6 +506,7 @@ pub struct RunningApp {
     publisher: Publisher,
     backend: Backend,
     runtimes: Vec<Arc<HandlerRuntime>>,
+    breakers: Vec<Breaker>,
     lifecycle: Lifecycle,
     tasks: JoinSet<()>,
     shutdown_timeout: Duration,
@@ -477,6 +564,13 @@ impl RunningApp {
             .iter()
             .find(|r| r.descriptor.name == name)
             .map(|r| r.stats())
+    }
+
+    /// The circuit breaker `name`, if a handler of this app names it: read its state, trip
+    /// it or reset it. Breakers live with the app: a restarted app starts with every breaker
+    /// closed.
+    pub fn breaker(&self, name: &str) -> Option<Breaker> {
+        self.breakers.iter().find(|b| b.name() == name).cloned()
     }
 
     /// Stops fetching, lets in-flight handlers finish up to the shutdown timeout, then stops

@@ -9,7 +9,7 @@ const LAYERS: &[&[&str]] = &[
     &["publish"],
     &["handler"],
     &["registry"],
-    &["delivery", "private"],
+    &["delivery", "breaker", "private"],
     &["transport"],
     &["backend"],
     &["app"],

@@ -5,11 +5,12 @@
 //! The modules form layers; a module never imports one above it (checked by a unit test,
 //! `layers::no_module_names_one_above_it`):
 //! `error`, `config`, `random`, `lifecycle`, `schema` → `event` → `dlq`, `wire`, `observe` →
-//! `port`, `idempotency` → `publish` → `handler` → `registry` → `delivery`, `private` →
+//! `port`, `idempotency` → `publish` → `handler` → `registry` → `delivery`, `breaker`, `private` →
 //! `transport` → `backend` → `app` → `testing`.
 
 pub mod app;
 mod backend;
+pub mod breaker;
 pub mod config;
 pub mod delivery;
 pub mod dlq;
@@ -38,6 +39,7 @@ mod private;
 mod layers;
 
 pub use app::{App, AppBuilder, RunningApp};
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use config::{NatsAuth, NatsSettings, Topology};
 pub use delivery::HandlerStats;
 pub use dlq::{DeadLetter, DlqReason};

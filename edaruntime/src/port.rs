@@ -92,7 +92,8 @@ pub(crate) trait Source: Send {
     /// (the loop allows some only while its handlers finish well within the ack wait, so that
     /// a message waiting in a client buffer is started long before its ack wait runs out).
     /// `None`: nothing this time (the source reopened, or failed and waited); the loop asks
-    /// again.
+    /// again. `room` 0: the loop is paused (its circuit breaker is open): ask for nothing,
+    /// only bring what is already on its way (which the loop hands back), else wait forever.
     fn next(
         &mut self,
         room: usize,

@@ -1,8 +1,9 @@
 //! The consume driver both transports share: concurrency permits, taking messages from a
 //! [`Source`] no faster than permits free up (and a little ahead only while handlers are
 //! quick against the ack wait), one task per message with in-progress acks
-//! while its handler runs, hand-back of what is cut off or never started, and the drain at
-//! shutdown. Transports supply only the [`Source`] and its [`Acknowledge`].
+//! while its handler runs, hand-back of what is cut off or never started, the pause while the
+//! handler's circuit breaker is open, and the drain at shutdown. Transports supply only the
+//! [`Source`] and its [`Acknowledge`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use tokio::task::JoinSet;
 
 use super::runtime::HandlerRuntime;
 use super::settlement::Settlement;
+use crate::breaker::{Admit, Breaker, Gate};
 use crate::lifecycle::{Outstanding, Signals};
-use crate::port::{Acknowledge, Source};
+use crate::port::{Acknowledge, Delivery, Source};
 
 /// How long a stopping loop waits for its hand-back naks to be sent.
 const HAND_BACK_LIMIT: Duration = Duration::from_secs(5);
@@ -35,7 +37,34 @@ pub(crate) async fn drive<S: Source>(
     let draining = signals.draining();
     let stopped = signals.stopped();
     tokio::pin!(draining, stopped);
+    let breaker = runtime.breaker.clone();
+    let mut changes = breaker.as_ref().map(Breaker::changes);
     loop {
+        // At most this many messages while the breaker is half-open.
+        let mut probes = None;
+        if let (Some(breaker), Some(changes)) = (&breaker, &mut changes) {
+            if !breaker.is_closed() {
+                changes.borrow_and_update();
+                match breaker.gate(tokio::time::Instant::now()) {
+                    Gate::Closed => {}
+                    Gate::Probes(free) => probes = Some(free),
+                    Gate::Wait(until) => {
+                        // Open: nothing is asked for; what the source still brings (a pull
+                        // request sent before the breaker opened) goes back unstarted.
+                        tokio::select! {
+                            biased;
+                            () = &mut draining => break,
+                            _ = changes.changed() => {}
+                            () = sleep_until(until) => {}
+                            next = source.next(0, 0) => if let Some((delivery, ack)) = next {
+                                hand_back(&runtime, breaker, delivery, ack).await;
+                            },
+                        }
+                        continue;
+                    }
+                }
+            }
+        }
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => tokio::select! {
@@ -47,11 +76,14 @@ pub(crate) async fn drive<S: Source>(
                 },
             },
         };
-        let room = permits.available_permits() + 1;
-        let ahead = match (source.ack_wait(), busy.mean()) {
+        let mut room = permits.available_permits() + 1;
+        let mut ahead = match (source.ack_wait(), busy.mean()) {
             (Some(ack_wait), Some(mean)) => ahead_for(ack_wait, mean, concurrency),
             _ => 0,
         };
+        if let Some(free) = probes {
+            (room, ahead) = (room.min(free), 0);
+        }
         let next = tokio::select! {
             biased;
             () = &mut draining => break,
@@ -60,13 +92,26 @@ pub(crate) async fn drive<S: Source>(
         let Some((delivery, ack)) = next else {
             continue;
         };
+        let probe = match &breaker {
+            None => None,
+            Some(breaker) => match breaker.admit(tokio::time::Instant::now()) {
+                Admit::Run => None,
+                Admit::Probe(probe) => Some(probe),
+                Admit::HandBack(delay) => {
+                    // The breaker opened while the message was on its way.
+                    drop(permit);
+                    hand_back_after(&runtime, delivery, ack, delay).await;
+                    continue;
+                }
+            },
+        };
         // Made before the task: a task aborted before its first poll hands back too.
         let settlement = Settlement::new(ack.clone(), Arc::clone(&hand_backs), handed_back.clone());
         let runtime = Arc::clone(&runtime);
         let busy = Arc::clone(&busy);
         let work = async move {
             let started = tokio::time::Instant::now();
-            let deliver = runtime.deliver(delivery, settlement, Some(permit));
+            let deliver = runtime.deliver(delivery, settlement, Some(permit), probe);
             match ack.progress_period() {
                 Some(period) => {
                     tokio::select! {
@@ -102,6 +147,38 @@ pub(crate) async fn drive<S: Source>(
         .is_err()
     {
         tracing::debug!("handing back cut-off messages timed out; they return after the ack wait");
+    }
+}
+
+/// Hands back a message taken while `breaker` is open, to come back when it half-opens.
+async fn hand_back<A: Acknowledge>(
+    runtime: &HandlerRuntime,
+    breaker: &Breaker,
+    delivery: Delivery,
+    ack: A,
+) {
+    let delay = match breaker.admit(tokio::time::Instant::now()) {
+        Admit::HandBack(delay) => delay,
+        // It half-opened meanwhile: the next turn of the loop takes what is due.
+        Admit::Run | Admit::Probe(_) => Duration::ZERO,
+    };
+    hand_back_after(runtime, delivery, ack, delay).await;
+}
+
+async fn hand_back_after<A: Acknowledge>(
+    runtime: &HandlerRuntime,
+    delivery: Delivery,
+    ack: A,
+    delay: Duration,
+) {
+    tracing::debug!(delay = ?delay, "the circuit breaker is open; handing the message back unstarted");
+    runtime.hand_back_unstarted(&delivery, &ack, delay).await;
+}
+
+async fn sleep_until(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::decide::{backoff_delay, decide, Decision, Outcome};
 use super::naming::Names;
 use super::settlement::Settlement;
+use crate::breaker::{Breaker, Call, Probe};
 use crate::dlq::{DeadLetter, DlqReason};
 use crate::event::RawEvent;
 use crate::handler::{
@@ -81,6 +82,8 @@ pub(crate) struct HandlerRuntime {
     pub(crate) names: Names,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) store: Arc<dyn IdempotencyStore>,
+    /// The circuit breaker the handler names, shared with the other handlers naming it.
+    pub(crate) breaker: Option<Breaker>,
     pub(crate) counters: Counters,
     pub(crate) metrics: HandlerMetrics,
     /// Whether the transport has this handler's consumer bound and pulling (for `/readyz`).
@@ -104,6 +107,9 @@ enum Processed {
     Decided(Decision),
     /// A record says the event was dead-lettered already: terminate it again.
     AlreadyDeadLettered,
+    /// A half-open breaker's probe failed: the outage's failure, not the message's. Handed
+    /// back with this delay, not counted as an attempt.
+    ProbeFailed(Duration),
 }
 
 impl HandlerRuntime {
@@ -112,6 +118,7 @@ impl HandlerRuntime {
         scope: Arc<Scope>,
         transport: Arc<dyn Transport>,
         store: Arc<dyn IdempotencyStore>,
+        breaker: Option<Breaker>,
     ) -> HandlerRuntime {
         let service: Arc<str> = Arc::from(scope.publisher.service());
         HandlerRuntime {
@@ -126,6 +133,7 @@ impl HandlerRuntime {
             service,
             transport,
             store,
+            breaker,
             counters: Counters::default(),
             bound: AtomicBool::new(false),
             acknowledged: AtomicU64::new(0),
@@ -141,7 +149,8 @@ impl HandlerRuntime {
     }
 
     /// Processes one delivered message end to end and settles it with the broker. `permit`
-    /// (a concurrency slot) is released once the message is settled.
+    /// (a concurrency slot) is released once the message is settled; `probe` is set when a
+    /// half-open breaker let the message through to test the downstream.
     ///
     /// Not an `async fn` itself: a wrapper future would hold its arguments next to the inner
     /// future holding them too, and every message's task would be that much larger.
@@ -150,6 +159,7 @@ impl HandlerRuntime {
         delivery: Delivery,
         settlement: Settlement<A>,
         permit: Option<OwnedSemaphorePermit>,
+        probe: Option<Probe>,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
         let metadata = delivery.raw.metadata();
         let span = tracing::info_span!(
@@ -162,7 +172,7 @@ impl HandlerRuntime {
             correlation_id = %metadata.correlation_id,
             trace_id = metadata.traceparent.as_deref().and_then(observe::trace::trace_id),
         );
-        self.deliver_inner(delivery, settlement, permit)
+        self.deliver_inner(delivery, settlement, permit, probe)
             .instrument(span)
     }
 
@@ -171,6 +181,7 @@ impl HandlerRuntime {
         delivery: Delivery,
         settlement: Settlement<A>,
         permit: Option<OwnedSemaphorePermit>,
+        probe: Option<Probe>,
     ) {
         let key = self.idempotency_key(&delivery);
         let delivery = self.real_attempt(delivery, key.as_deref()).await;
@@ -181,8 +192,20 @@ impl HandlerRuntime {
         // takes back) a slot, so an outage of the store or of the dead-letter stream stops
         // this handler's intake instead of piling up messages.
         let mut permit = permit;
-        let decision = match self.process(delivery, key.as_deref(), &mut permit).await {
+        let epoch = delivery.id_epoch.clone();
+        let processed = self
+            .process(delivery, key.as_deref(), &mut permit, probe)
+            .await;
+        let decision = match processed {
             Processed::Decided(decision) => decision,
+            Processed::ProbeFailed(delay) => {
+                tracing::warn!(delay = ?delay, "the breaker's probe failed; handing the message back (not counted as an attempt)");
+                let key = self.hand_back_key(&raw.metadata().id, epoch.as_deref());
+                self.count_hand_back(&key).await;
+                self.metrics.handed_back().increment(1);
+                Box::pin(settlement.nak(delay)).await;
+                return;
+            }
             Processed::AlreadyDeadLettered => {
                 tracing::info!("already dead-lettered; terminating it again");
                 if let Err(e) = settlement.term().await {
@@ -224,15 +247,58 @@ impl HandlerRuntime {
         })
     }
 
+    /// Where the hand-backs of the message of event `id` are counted (with or without
+    /// idempotency records).
+    fn hand_back_key(&self, id: &str, epoch: Option<&str>) -> String {
+        Names::hand_back_key(&self.names.idempotency_key(id, epoch))
+    }
+
+    /// Counts a hand-back of a message that did not reach its handler, or reached it as a
+    /// failed probe, so that its next delivery is not taken for an attempt.
+    async fn count_hand_back(&self, key: &str) {
+        if let Err(e) = self.store.record_hand_back(key).await {
+            tracing::debug!(error = %e, "cannot count the hand-back; the next delivery counts it as an attempt");
+        }
+    }
+
+    /// Gives back a message that never reached its handler (shutdown began, or its breaker
+    /// opened): counted, then nak'd with `delay` (zero: at once). True if it was handed back.
+    pub(crate) async fn hand_back_unstarted<A: Acknowledge>(
+        &self,
+        delivery: &Delivery,
+        ack: &A,
+        delay: Duration,
+    ) -> bool {
+        let metadata = delivery.raw.metadata();
+        let key = self.hand_back_key(&metadata.id, delivery.id_epoch.as_deref());
+        self.count_hand_back(&key).await;
+        self.metrics.handed_back().increment(1);
+        if !delay.is_zero() {
+            ack.nak(delay).await;
+            return true;
+        }
+        match ack.hand_back() {
+            Some(sending) => {
+                sending.await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The attempt number counts only deliveries that reached the handler: hand-backs of the
-    /// message that never started (it arrived after shutdown began) are subtracted. Looked up
-    /// for redeliveries only, and only where the handler keeps records (idempotency on).
+    /// message that never started (it arrived after shutdown began, or while its breaker was
+    /// open) and failed probes are subtracted. Looked up for redeliveries only.
     async fn real_attempt(&self, mut delivery: Delivery, key: Option<&str>) -> Delivery {
         let delivered = delivery.raw.attempt();
-        let Some(key) = key.filter(|_| delivered > 1) else {
+        if delivered <= 1 {
             return delivery;
+        }
+        let key = match key {
+            Some(key) => Names::hand_back_key(key),
+            None => self.hand_back_key(&delivery.raw.metadata().id, delivery.id_epoch.as_deref()),
         };
-        match self.store.hand_backs(&Names::hand_back_key(key)).await {
+        match self.store.hand_backs(&key).await {
             Ok(0) => {}
             Ok(unstarted) => {
                 let attempt = delivered.saturating_sub(unstarted).max(1);
@@ -321,6 +387,7 @@ impl HandlerRuntime {
         delivery: Delivery,
         key: Option<&str>,
         permit: &mut Option<OwnedSemaphorePermit>,
+        probe: Option<Probe>,
     ) -> Processed {
         let Delivery {
             raw,
@@ -357,7 +424,20 @@ impl HandlerRuntime {
                 }
             }
         }
+        let started = tokio::time::Instant::now();
         let outcome = self.run(raw).await;
+        if let Some(breaker) = &self.breaker {
+            let now = tokio::time::Instant::now();
+            let call = breaker_call(&outcome, breaker.is_slow(now - started));
+            match probe {
+                Some(probe) => {
+                    if let Some(delay) = probe.finish(now, call) {
+                        return Processed::ProbeFailed(delay);
+                    }
+                }
+                None => breaker.record(now, call),
+            }
+        }
         let decision = decide(&outcome, attempt, options, random::unit());
         if let (Decision::Ack, Some(key)) = (&decision, key) {
             // The slot goes to the next message while the id is recorded; a record that has to
@@ -432,6 +512,17 @@ impl HandlerRuntime {
 
     pub(crate) fn stats(&self) -> HandlerStats {
         self.counters.snapshot()
+    }
+}
+
+/// How an attempt counts for the handler's breaker: only what says the downstream is failing.
+fn breaker_call(outcome: &Outcome, slow: bool) -> Call {
+    match outcome {
+        Outcome::Success if slow => Call::Failed,
+        Outcome::Success => Call::Succeeded,
+        Outcome::Failed(e) if e.is_permanent() => Call::NotCounted,
+        Outcome::Failed(_) | Outcome::TimedOut(_) | Outcome::Panicked(_) => Call::Failed,
+        Outcome::Undecodable(_) => Call::NotCounted,
     }
 }
 

@@ -279,3 +279,45 @@ pub(crate) fn broker_connected(connected: bool) {
 pub(crate) fn broker_reconnected() {
     metrics::counter!(BROKER_RECONNECTS).increment(1);
 }
+
+/// One circuit breaker's state gauge and transition counters.
+#[derive(Debug)]
+pub(crate) struct BreakerMetrics {
+    state: Gauge,
+    /// Indexed by the state moved to: closed, half-open, open.
+    transitions: [Counter; 3],
+}
+
+impl BreakerMetrics {
+    /// The handles of breaker `name`, its transitions registered at 0.
+    pub(crate) fn new(name: &str) -> BreakerMetrics {
+        describe();
+        let transition = |to: &str| {
+            metrics::counter!(
+                CIRCUIT_BREAKER_TRANSITIONS,
+                &[
+                    (label::BREAKER, name.to_owned()),
+                    (label::TO, to.to_owned())
+                ]
+            )
+        };
+        let metrics = BreakerMetrics {
+            state: metrics::gauge!(CIRCUIT_BREAKER_STATE, &[(label::BREAKER, name.to_owned())]),
+            transitions: [
+                transition("closed"),
+                transition("half_open"),
+                transition("open"),
+            ],
+        };
+        metrics.state.set(0.0);
+        metrics
+    }
+
+    /// The breaker moved to the state numbered `to` (0 closed, 1 half-open, 2 open).
+    pub(crate) fn moved(&self, to: u8) {
+        self.state.set(f64::from(to));
+        if let Some(counter) = self.transitions.get(usize::from(to)) {
+            counter.increment(1);
+        }
+    }
+}

@@ -56,6 +56,8 @@ pub struct Readiness {
     pub connected: bool,
     /// Handlers whose consumer is not bound yet (or lost).
     pub unbound: Vec<String>,
+    /// Circuit breakers open now (listed; they do not make the app unready).
+    pub open_breakers: Vec<String>,
 }
 
 impl Readiness {
@@ -69,6 +71,7 @@ impl Readiness {
             "ready": self.is_ready(),
             "broker_connected": self.connected,
             "consumers_not_bound": self.unbound,
+            "open_breakers": self.open_breakers,
         })
         .to_string()
     }
@@ -165,17 +168,21 @@ mod tests {
         let r = Readiness {
             connected: false,
             unbound: vec!["billing__charge".into()],
+            open_breakers: vec![],
         };
         assert!(!r.is_ready());
         assert_eq!(
             r.body(),
-            r#"{"broker_connected":false,"consumers_not_bound":["billing__charge"],"ready":false}"#
+            r#"{"broker_connected":false,"consumers_not_bound":["billing__charge"],"open_breakers":[],"ready":false}"#
         );
         let probe: ReadinessProbe = Arc::new(|| Readiness {
             connected: true,
             unbound: vec![],
+            open_breakers: vec!["smtp".into()],
         });
-        assert_eq!(respond("/readyz", None, &probe).0, "200 OK");
+        let (status, _, body) = respond("/readyz", None, &probe);
+        assert_eq!(status, "200 OK", "an open breaker leaves the process ready");
+        assert!(body.contains(r#""open_breakers":["smtp"]"#), "{body}");
         assert_eq!(respond("/healthz", None, &probe).0, "200 OK");
         assert_eq!(respond("/metrics", None, &probe).0, "404 Not Found");
     }

@@ -15,7 +15,7 @@ mod http;
 mod names;
 pub mod trace;
 
-pub(crate) use handles::{broker_connected, broker_reconnected, PublishMetrics};
+pub(crate) use handles::{broker_connected, broker_reconnected, BreakerMetrics, PublishMetrics};
 pub use handles::{Attempt, HandlerMetrics, Outcome};
 pub use http::Readiness;
 pub(crate) use http::{bind, prometheus, serve, ReadinessProbe};

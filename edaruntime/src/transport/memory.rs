@@ -224,7 +224,11 @@ struct MemorySource {
 impl Source for MemorySource {
     type Ack = MemoryAck;
 
-    async fn next(&mut self, _room: usize, _ahead: usize) -> Option<(Delivery, MemoryAck)> {
+    async fn next(&mut self, room: usize, _ahead: usize) -> Option<(Delivery, MemoryAck)> {
+        if room == 0 {
+            // Paused (an open circuit breaker): nothing is dequeued.
+            return std::future::pending().await;
+        }
         let queued = self.consumer.next().await;
         let delivery = Delivery {
             raw: RawEvent::new(

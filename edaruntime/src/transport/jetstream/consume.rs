@@ -20,11 +20,10 @@ use tokio::time::Instant;
 
 use super::ack::{AckInfo, JsAck};
 use super::JetStream;
-use crate::delivery::naming::Names;
 use crate::delivery::{driver, HandlerRuntime};
 use crate::event::RawEvent;
 use crate::lifecycle::Signals;
-use crate::port::{Acknowledge, Delivery, Source};
+use crate::port::{Delivery, Source};
 use crate::wire;
 
 /// How long one pull request waits at the server for messages.
@@ -121,6 +120,10 @@ impl Source for PullSource {
 
     async fn next(&mut self, room: usize, ahead: usize) -> Option<(Delivery, JsAck)> {
         loop {
+            if room + ahead == 0 && self.requested == 0 {
+                // Paused (an open circuit breaker): nothing asked for, nothing outstanding.
+                return std::future::pending().await;
+            }
             if self.subscription.is_none() {
                 match self.js.client.subscribe(self.inbox.clone()).await {
                     Ok(subscription) => self.subscription = Some(subscription),
@@ -203,7 +206,6 @@ impl Source for PullSource {
         // What the outstanding requests still bring is taken and handed back (a message
         // dropped by an unsubscribed client would return only after the ack wait, counted as
         // an attempt); the server going quiet for a moment ends the wait.
-        let handed_back = self.runtime.metrics.handed_back();
         while self.requested > 0 {
             let Ok(Some(message)) = tokio::time::timeout(RELEASE_QUIET, subscription.next()).await
             else {
@@ -212,9 +214,7 @@ impl Source for PullSource {
             match message.status {
                 None | Some(StatusCode::OK) => {
                     self.requested = self.requested.saturating_sub(1);
-                    if self.hand_back_unstarted(message).await {
-                        handed_back.increment(1);
-                    }
+                    self.hand_back_unstarted(message).await;
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 Some(_) => {
@@ -229,10 +229,8 @@ impl Source for PullSource {
         }
         let _ = subscription.unsubscribe().await;
         while let Some(Some(message)) = futures_util::FutureExt::now_or_never(subscription.next()) {
-            if matches!(message.status, None | Some(StatusCode::OK))
-                && self.hand_back_unstarted(message).await
-            {
-                handed_back.increment(1);
+            if matches!(message.status, None | Some(StatusCode::OK)) {
+                self.hand_back_unstarted(message).await;
             }
         }
     }
@@ -240,23 +238,13 @@ impl Source for PullSource {
 
 impl PullSource {
     /// Hands back a message that never reached its handler, counting the hand-back so that
-    /// its next delivery does not take it for an attempt. True if it was handed back.
-    async fn hand_back_unstarted(&mut self, message: async_nats::Message) -> bool {
-        let Some((delivery, ack)) = self.delivery(message).await else {
-            return false;
-        };
-        if let Some(key) = self.runtime.idempotency_key(&delivery) {
-            let key = Names::hand_back_key(&key);
-            if let Err(e) = self.runtime.store.record_hand_back(&key).await {
-                tracing::debug!(error = %e, "cannot count the hand-back; the next delivery counts it as an attempt");
-            }
-        }
-        match ack.hand_back() {
-            Some(sending) => {
-                sending.await;
-                true
-            }
-            None => false,
+    /// its next delivery does not take it for an attempt.
+    async fn hand_back_unstarted(&mut self, message: async_nats::Message) {
+        if let Some((delivery, ack)) = self.delivery(message).await {
+            let runtime = Arc::clone(&self.runtime);
+            runtime
+                .hand_back_unstarted(&delivery, &ack, Duration::ZERO)
+                .await;
         }
     }
 
