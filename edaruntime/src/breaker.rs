@@ -458,29 +458,33 @@ impl Breaker {
         }
         let mut phase = lock(&self.shared.phase);
         self.refresh(&mut phase, now);
-        match &mut *phase {
-            Phase::Closed => Admit::Run,
+        let config = &self.shared.config;
+        // Back when the open time that remains is over, and after `open_for` at most: while
+        // open nothing is pulled, so only a pull request sent before it opened could bring
+        // the message again, and after a `reset` it is not kept waiting for long.
+        let delay = match &mut *phase {
+            Phase::Closed => return Admit::Run,
             Phase::Open {
                 until: Some(until), ..
-            } => Admit::HandBack(until.saturating_duration_since(now)),
+            } => until.saturating_duration_since(now),
             Phase::Open {
                 until: None,
                 period,
-            } => Admit::HandBack(*period),
+            } => *period,
             Phase::HalfOpen {
                 admitted, period, ..
             } => {
-                if *admitted < self.shared.config.half_open_probes {
+                if *admitted < config.half_open_probes {
                     *admitted += 1;
-                    Admit::Probe(Probe {
+                    return Admit::Probe(Probe {
                         breaker: Some(self.clone()),
-                    })
-                } else {
-                    // Until the probes are done: back after an open period at most.
-                    Admit::HandBack(*period)
+                    });
                 }
+                // Until the probes are done.
+                *period
             }
-        }
+        };
+        Admit::HandBack(delay.min(config.open_for))
     }
 
     /// Counts a call admitted while the breaker was closed (calls finishing after it opened
