@@ -1004,7 +1004,7 @@ async fn run_peer(peer: &Peer, url: &str, run: usize) -> Result<f64, BoxError> {
 // ---- criterion micro-benchmarks (run by scripts/bench before this) ---------------------------
 
 /// What each micro-benchmark of `benches/micro.rs` measures, by criterion id.
-const MICRO: [(&str, &str); 11] = [
+const MICRO: [(&str, &str); 12] = [
     (
         "decode/current version",
         "JSON payload to the typed event, version as sent",
@@ -1040,6 +1040,10 @@ const MICRO: [(&str, &str); 11] = [
     (
         "in memory/one no-op handler",
         "publish and handle through the in-memory transport, per event",
+    ),
+    (
+        "in memory/one no-op handler behind a closed breaker",
+        "the same handler with `breaker = \"micro\"`: what a closed circuit breaker costs",
     ),
     (
         "in memory/fan-out to 4 handlers",

@@ -70,6 +70,9 @@ fn order(id: u64) -> MicroOrder {
 #[handler(service = "micro-one", idempotent = "off")]
 async fn micro_noop(_event: MicroOrder) {}
 
+#[handler(service = "micro-breaker", idempotent = "off", breaker = "micro")]
+async fn micro_behind_breaker(_event: MicroOrder) {}
+
 #[handler(service = "micro-fanout", idempotent = "off")]
 async fn micro_fan_a(_event: MicroOrder) {}
 #[handler(service = "micro-fanout", idempotent = "off")]
@@ -194,6 +197,11 @@ fn in_memory(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for (name, service, handlers) in [
         ("one no-op handler", "micro-one", &["micro_noop"][..]),
+        (
+            "one no-op handler behind a closed breaker",
+            "micro-breaker",
+            &["micro_behind_breaker"][..],
+        ),
         (
             "fan-out to 4 handlers",
             "micro-fanout",

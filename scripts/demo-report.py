@@ -75,6 +75,7 @@ def main():
     parser.add_argument("--orders", required=True, help="the JSON line shop_orders printed")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--streams", help="the JSON demo-streams.py printed (subjects per stream)")
+    parser.add_argument("--outage", type=float, default=0, help="seconds the payment provider was down")
     args = parser.parse_args()
     with open(args.orders) as f:
         orders = json.loads(f.read().strip().splitlines()[-1])
@@ -113,6 +114,22 @@ def main():
         value = sample["value"][1]
         shown = "n/a" if value == "NaN" else f"{float(value) * 1000:.1f} ms"
         print(f"  {m['service']}/{m['handler']:<16} {shown}")
+    print("circuit breakers (transitions, state now):")
+    moved = {
+        (s["metric"]["breaker"], s["metric"]["to"]): float(s["value"][1])
+        for s in query(prometheus, "sum by (breaker, to) (eda_circuit_breaker_transitions_total)")
+    }
+    states = {
+        s["metric"]["breaker"]: float(s["value"][1])
+        for s in query(prometheus, "max by (breaker) (eda_circuit_breaker_state)")
+    }
+    names = ("closed", "open", "half-open")
+    for breaker in sorted(states):
+        counts = ", ".join(f"{to} {moved.get((breaker, to), 0):.0f}" for to in ("open", "half_open", "closed"))
+        print(f"  {breaker:<18} {counts}; now {names[int(states[breaker])]}")
+    exhausted = scalar(prometheus, 'sum(eda_dead_letters_total{service="billing",reason="retries_exhausted"})')
+    if args.outage:
+        print(f"payment provider outage of {args.outage:g} s: {exhausted:.0f} payments dead-lettered for running out of retries")
     upgraded = scalar(prometheus, "sum(shop_users_upgraded_total)")
     print(f"user.created v1 handled as v2 by notifications: {upgraded:.0f}")
     up = query(prometheus, 'up{job="shop"}')
@@ -135,6 +152,13 @@ def main():
         problems.append(f"v1 users upgraded: {upgraded:.0f}, expected {orders['user.created.v1']}")
     if len(up) != 3 or any(s["value"][1] != "1" for s in up):
         problems.append(f"Prometheus does not scrape all three services: {up}")
+    if args.outage:
+        opened = moved.get(("payment_provider", "open"), 0)
+        closed = moved.get(("payment_provider", "closed"), 0)
+        if opened < 1 or closed < 1 or states.get("payment_provider") != 0:
+            problems.append(f"the payment_provider breaker did not open and close again: {moved}, state {states}")
+        if exhausted != 0:
+            problems.append(f"{exhausted:.0f} payments ran out of retries during the outage; expected none")
     if args.streams:
         with open(args.streams) as f:
             streams = json.load(f)
@@ -154,7 +178,8 @@ def main():
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 1
-    print("\ndemo check passed: every event handled by every subscriber, declines dead-lettered, v1 upgraded, all targets up")
+    outage = f", the {args.outage:g} s outage paused billing and dead-lettered nothing" if args.outage else ""
+    print(f"\ndemo check passed: every event handled by every subscriber, declines dead-lettered, v1 upgraded, all targets up{outage}")
     return 0
 
 

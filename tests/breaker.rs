@@ -638,6 +638,40 @@ fn a_configured_breaker_no_handler_names_fails_startup() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_breaker_can_start_tripped() {
+    let api = Arc::new(Downstream::default());
+    let app = TestApp::builder("ledger")
+        .shared_state(Arc::clone(&api))
+        .handlers(&["book"])
+        .configure(|b| b.trip_breaker("ledger_api"))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(state(&app, "ledger_api"), BreakerState::Open);
+    app.publish(&PaymentRequested { id: 1 }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(api.calls(), 0, "open until reset");
+    app.app().breaker("ledger_api").unwrap().reset();
+    app.settle().await;
+    assert_eq!(api.handled(), 1);
+    app.shutdown().await.unwrap();
+    let error = App::builder("ledger")
+        .in_memory()
+        .without_env()
+        .state(Downstream::default())
+        .handlers(&["book"])
+        .trip_breaker("ledgr_api")
+        .build()
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("breaker `ledgr_api` is tripped but no handler of this app names it"),
+        "{error}"
+    );
+}
+
 #[test]
 fn a_bad_breaker_config_fails_startup_naming_the_setting() {
     let error = App::builder("ledger")

@@ -47,6 +47,7 @@ pub struct App {
     shutdown_timeout: Duration,
     metrics_addr: Option<SocketAddr>,
     breakers: Vec<(String, BreakerConfig)>,
+    tripped: Vec<String>,
 }
 
 impl App {
@@ -63,6 +64,7 @@ impl App {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             metrics_addr: None,
             breakers: Vec::new(),
+            tripped: Vec::new(),
         }
     }
 
@@ -173,7 +175,11 @@ impl App {
                     .iter()
                     .find(|(configured, _)| configured == name)
                     .map_or_else(BreakerConfig::default, |(_, config)| *config);
-                Breaker::new(name, config)
+                let breaker = Breaker::new(name, config);
+                if self.tripped.iter().any(|t| t == name) {
+                    breaker.trip();
+                }
+                breaker
             })
             .collect()
     }
@@ -211,6 +217,7 @@ pub struct AppBuilder {
     shutdown_timeout: Duration,
     metrics_addr: Option<String>,
     breakers: Vec<(String, BreakerConfig)>,
+    tripped: Vec<String>,
 }
 
 impl AppBuilder {
@@ -360,6 +367,14 @@ impl AppBuilder {
         self
     }
 
+    /// Starts with the circuit breaker `name` tripped: the handlers behind it take nothing
+    /// until [`Breaker::reset`] (through [`RunningApp::breaker`]). For a downstream known to be
+    /// down when the service starts, such as during its maintenance.
+    pub fn trip_breaker(mut self, name: impl Into<String>) -> Self {
+        self.tripped.push(name.into());
+        self
+    }
+
     /// Discovers this service's handlers and checks everything; every problem is reported at
     /// once, one line each.
     pub fn build(self) -> Result<App> {
@@ -369,7 +384,7 @@ impl AppBuilder {
         }
         let (handlers, found) = registry::select(&self.service, self.only.as_deref(), &self.states);
         problems.extend(found);
-        problems.extend(breaker_problems(&self.breakers, &handlers));
+        problems.extend(breaker_problems(&self.breakers, &self.tripped, &handlers));
         let (nats, env_problems, url_source) = if self.use_env {
             config::apply_env(
                 self.use_nats.then_some(self.nats),
@@ -416,6 +431,7 @@ impl AppBuilder {
             shutdown_timeout: self.shutdown_timeout,
             metrics_addr,
             breakers: self.breakers,
+            tripped: self.tripped,
         })
     }
 
@@ -439,22 +455,35 @@ impl fmt::Debug for AppBuilder {
     }
 }
 
-/// Each configured breaker's mistakes, and the configured ones no handler names.
+/// Each configured breaker's mistakes, and the configured or tripped ones no handler names.
 fn breaker_problems(
     configured: &[(String, BreakerConfig)],
+    tripped: &[String],
     handlers: &[&'static HandlerDescriptor],
 ) -> Vec<String> {
     let mut named: Vec<&str> = handlers.iter().filter_map(|h| h.options.breaker).collect();
     named.sort_unstable();
     named.dedup();
+    let known = if named.is_empty() {
+        "none".to_owned()
+    } else {
+        named.join(", ")
+    };
     let mut problems = Vec::new();
-    for (name, config) in configured {
-        if !named.contains(&name.as_str()) {
+    let mut unnamed = |name: &str, what: &str| {
+        if !named.contains(&name) {
             problems.push(format!(
-                "breaker `{name}` is configured but no handler of this app names it (with `#[handler(breaker = \"{name}\")]`); named: {}",
-                if named.is_empty() { "none".to_owned() } else { named.join(", ") }
+                "breaker `{name}` is {what} but no handler of this app names it (with `#[handler(breaker = \"{name}\")]`); named: {known}"
             ));
         }
+    };
+    for (name, _) in configured {
+        unnamed(name, "configured");
+    }
+    for name in tripped {
+        unnamed(name, "tripped");
+    }
+    for (name, config) in configured {
         problems.extend(config.problems(name));
     }
     problems
