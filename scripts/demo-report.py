@@ -96,7 +96,7 @@ def main():
 
     print("events handled, by service and outcome:")
     for sample in sorted(
-        query(prometheus, "sum by (service, outcome) (eda_events_handled_total)"),
+        query(prometheus, "sum by (service, outcome) (eda_events_handled_total) > 0"),
         key=lambda s: (s["metric"].get("service", ""), s["metric"].get("outcome", "")),
     ):
         m = sample["metric"]
