@@ -500,9 +500,17 @@ async fn slow_calls_trip_it_when_configured(rig: Rig) {
         3,
         "three slow successes (acked all the same) opened it"
     );
+    // Half-open after 3 s: the probe is slow too, so it opens again, but the probe's message
+    // succeeded and is acked, not run again.
+    assert!(eventually(LIMIT, || api.handled() == 4).await);
+    assert_eq!(state(&app, "slow_api"), BreakerState::Open);
     api.slow.store(false, Ordering::SeqCst);
-    // Half-open after 3 s; the quick probe closes it.
+    // Half-open after 3 s more; the quick probe closes it.
     app.settle().await;
+    assert!(
+        api.handled.lock().unwrap().values().all(|a| a.len() == 1),
+        "every event ran once, the slow probe too"
+    );
     assert_eq!(api.handled(), 10);
     app.shutdown().await.unwrap();
 }

@@ -236,10 +236,12 @@ enum Phase {
         until: Option<Instant>,
         period: Duration,
     },
+    /// `round` tells the half-open periods apart: a probe's outcome counts only in its own.
     HalfOpen {
         period: Duration,
         admitted: u32,
         passed: u32,
+        round: u64,
     },
 }
 
@@ -332,6 +334,8 @@ struct Shared {
     phase: Mutex<Phase>,
     /// Wakes the consume loops waiting on this breaker.
     changes: watch::Sender<()>,
+    /// Half-open periods so far.
+    rounds: AtomicU64,
     metrics: BreakerMetrics,
 }
 
@@ -377,6 +381,7 @@ impl Breaker {
                 state: AtomicU8::new(BreakerState::Closed.code()),
                 phase: Mutex::new(Phase::Closed),
                 changes: watch::Sender::new(()),
+                rounds: AtomicU64::new(0),
                 metrics: BreakerMetrics::new(name),
             }),
         }
@@ -472,12 +477,16 @@ impl Breaker {
                 period,
             } => *period,
             Phase::HalfOpen {
-                admitted, period, ..
+                admitted,
+                period,
+                round,
+                ..
             } => {
                 if *admitted < config.half_open_probes {
                     *admitted += 1;
                     return Admit::Probe(Probe {
                         breaker: Some(self.clone()),
+                        round: *round,
                     });
                 }
                 // Until the probes are done.
@@ -520,7 +529,7 @@ impl Breaker {
             self.move_to(
                 &mut phase,
                 Phase::Open {
-                    until: Some(now + period),
+                    until: now.checked_add(period),
                     period,
                 },
                 &why,
@@ -550,6 +559,7 @@ impl Breaker {
                         period,
                         admitted: 0,
                         passed: 0,
+                        round: self.shared.rounds.fetch_add(1, Ordering::Relaxed) + 1,
                     },
                     "the open period is over; letting probes through",
                 );
@@ -557,12 +567,14 @@ impl Breaker {
         }
     }
 
-    /// A probe finished; `Some(delay)`: it failed, hand its message back with that delay
-    /// (unstarted, as it were: an outage spends no attempt, also not on probes).
-    fn finish_probe(&self, now: Instant, call: Call) -> Option<Duration> {
+    /// A probe of half-open `round` finished; `Some(delay)`: it failed, hand its message back
+    /// with that delay (unstarted, as it were: an outage spends no attempt, also not on
+    /// probes).
+    fn finish_probe(&self, now: Instant, call: Call, of_round: u64) -> Option<Duration> {
         let mut phase = lock(&self.shared.phase);
         let config = &self.shared.config;
         match (&mut *phase, call) {
+            (Phase::HalfOpen { round, .. }, _) if *round != of_round => None,
             (
                 Phase::HalfOpen {
                     admitted, passed, ..
@@ -578,7 +590,7 @@ impl Breaker {
                 None
             }
             (Phase::HalfOpen { period, .. }, Call::Failed) => {
-                let period = (*period * 2).min(config.max_open_for);
+                let period = period.saturating_mul(2).min(config.max_open_for);
                 let why = format!(
                     "a probe failed; open for {}",
                     humantime::format_duration(period)
@@ -586,35 +598,45 @@ impl Breaker {
                 self.move_to(
                     &mut phase,
                     Phase::Open {
-                        until: Some(now + period),
+                        until: now.checked_add(period),
                         period,
                     },
                     &why,
                 );
                 // A little past the next half-open, so that the next probe is another
                 // message: one that fails for its own reasons cannot hold the breaker open.
-                Some(period + period / 10)
+                Some(period.saturating_add(period / 10))
             }
             (Phase::HalfOpen { admitted, .. }, Call::NotCounted) => {
                 *admitted = admitted.saturating_sub(1);
                 self.shared.changes.send_replace(());
                 None
             }
-            // Tripped by hand meanwhile: the failure is the outage's, not the message's.
-            (Phase::Open { until, period }, Call::Failed) => Some(match until {
-                Some(until) => until.saturating_duration_since(now),
-                None => *period,
-            }),
+            // Opened again meanwhile (by hand, or by another probe): the failure is the
+            // outage's, not the message's.
+            (Phase::Open { until, period }, Call::Failed) => Some(
+                match until {
+                    Some(until) => until.saturating_duration_since(now),
+                    None => *period,
+                }
+                .min(config.open_for),
+            ),
             _ => None,
         }
     }
 
-    /// A probe ended without an outcome (cut off, or never run): its place is free.
-    fn release_probe(&self) {
+    /// A probe of half-open `round` ended without an outcome (cut off, or never run): its
+    /// place is free.
+    fn release_probe(&self, of_round: u64) {
         let mut phase = lock(&self.shared.phase);
-        if let Phase::HalfOpen { admitted, .. } = &mut *phase {
-            *admitted = admitted.saturating_sub(1);
-            self.shared.changes.send_replace(());
+        if let Phase::HalfOpen {
+            admitted, round, ..
+        } = &mut *phase
+        {
+            if *round == of_round {
+                *admitted = admitted.saturating_sub(1);
+                self.shared.changes.send_replace(());
+            }
         }
     }
 
@@ -657,19 +679,20 @@ fn state_of(phase: &Phase) -> BreakerState {
 #[derive(Debug)]
 pub(crate) struct Probe {
     breaker: Option<Breaker>,
+    round: u64,
 }
 
 impl Probe {
     /// The probe's call ended; `Some(delay)`: it failed, hand its message back with `delay`.
     pub(crate) fn finish(mut self, now: Instant, call: Call) -> Option<Duration> {
-        self.breaker.take()?.finish_probe(now, call)
+        self.breaker.take()?.finish_probe(now, call, self.round)
     }
 }
 
 impl Drop for Probe {
     fn drop(&mut self) {
         if let Some(breaker) = self.breaker.take() {
-            breaker.release_probe();
+            breaker.release_probe(self.round);
         }
     }
 }
@@ -806,6 +829,41 @@ mod tests {
         assert_eq!(b.gate(t + S), Gate::Probes(1));
         assert_eq!(probe(&b, t + S).finish(t + S, Call::NotCounted), None);
         assert_eq!(b.gate(t + S), Gate::Probes(1));
+    }
+
+    #[test]
+    fn a_probe_counts_only_in_its_own_half_open_period() {
+        let b = breaker(quick().half_open_probes(2));
+        let t = Instant::now();
+        fail(&b, t, 4);
+        let old = probe(&b, t + S);
+        let failing = probe(&b, t + S);
+        assert!(
+            failing.finish(t + S, Call::Failed).is_some(),
+            "open again, for 2 s"
+        );
+        let later = t + 3 * S;
+        assert_eq!(b.gate(later), Gate::Probes(2), "a new half-open period");
+        let new = probe(&b, later);
+        assert_eq!(old.finish(later, Call::Succeeded), None);
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "the old probe's success does not count"
+        );
+        assert_eq!(b.gate(later), Gate::Probes(1));
+        drop(new);
+        assert_eq!(b.gate(later), Gate::Probes(2));
+    }
+
+    #[test]
+    fn huge_periods_do_not_overflow() {
+        let b = breaker(quick().open_for(Duration::MAX).max_open_for(Duration::MAX));
+        let t = Instant::now();
+        fail(&b, t, 4);
+        assert_eq!(b.gate(t), Gate::Wait(None), "open until reset");
+        b.reset();
+        assert_eq!(b.gate(t), Gate::Closed);
     }
 
     #[test]

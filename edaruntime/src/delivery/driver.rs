@@ -40,6 +40,18 @@ pub(crate) async fn drive<S: Source>(
     let breaker = runtime.breaker.clone();
     let mut changes = breaker.as_ref().map(Breaker::changes);
     loop {
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                () = &mut draining => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            },
+        };
+        // Read after the slot is free: the calls that held the slots may have opened it.
         // At most this many messages while the breaker is half-open.
         let mut probes = None;
         if let (Some(breaker), Some(changes)) = (&breaker, &mut changes) {
@@ -49,6 +61,7 @@ pub(crate) async fn drive<S: Source>(
                     Gate::Closed => {}
                     Gate::Probes(free) => probes = Some(free),
                     Gate::Wait(until) => {
+                        drop(permit);
                         // Open: nothing is asked for; what the source still brings (a pull
                         // request sent before the breaker opened) goes back unstarted.
                         tokio::select! {
@@ -65,17 +78,6 @@ pub(crate) async fn drive<S: Source>(
                 }
             }
         }
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                biased;
-                () = &mut draining => break,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            },
-        };
         let mut room = permits.available_permits() + 1;
         let mut ahead = match (source.ack_wait(), busy.mean()) {
             (Some(ack_wait), Some(mean)) => ahead_for(ack_wait, mean, concurrency),

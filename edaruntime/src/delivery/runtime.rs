@@ -269,9 +269,11 @@ impl HandlerRuntime {
         ack: &A,
         delay: Duration,
     ) -> bool {
-        let metadata = delivery.raw.metadata();
-        let key = self.hand_back_key(&metadata.id, delivery.id_epoch.as_deref());
-        self.count_hand_back(&key).await;
+        if self.options().idempotent != Idempotency::Off || self.breaker.is_some() {
+            let metadata = delivery.raw.metadata();
+            let key = self.hand_back_key(&metadata.id, delivery.id_epoch.as_deref());
+            self.count_hand_back(&key).await;
+        }
         self.metrics.handed_back().increment(1);
         if !delay.is_zero() {
             ack.nak(delay).await;
@@ -296,7 +298,11 @@ impl HandlerRuntime {
         }
         let key = match key {
             Some(key) => Names::hand_back_key(key),
-            None => self.hand_back_key(&delivery.raw.metadata().id, delivery.id_epoch.as_deref()),
+            None if self.breaker.is_some() => {
+                self.hand_back_key(&delivery.raw.metadata().id, delivery.id_epoch.as_deref())
+            }
+            // No records and no breaker: hand-backs (at shutdown only) are not counted.
+            None => return delivery,
         };
         match self.store.hand_backs(&key).await {
             Ok(0) => {}
@@ -431,7 +437,10 @@ impl HandlerRuntime {
             let call = breaker_call(&outcome, breaker.is_slow(now - started));
             match probe {
                 Some(probe) => {
-                    if let Some(delay) = probe.finish(now, call) {
+                    // A slow success reopens the breaker all the same, but it is done: acked.
+                    if let (Some(delay), false) =
+                        (probe.finish(now, call), matches!(outcome, Outcome::Success))
+                    {
                         return Processed::ProbeFailed(delay);
                     }
                 }
