@@ -700,3 +700,66 @@ fn a_bad_breaker_config_fails_startup_naming_the_setting() {
         "service `ledger` cannot start:\n  - breaker `ledger_api`: failure_ratio must be above 0 and at most 1 (0.5: half the calls), got 0\n  - breaker `ledger_api`: half_open_probes must be at least 1"
     );
 }
+
+// ---- pausing the consumer on the server -----------------------------------------------------
+
+/// Whether the durable consumer `ledger__book` is paused on the server (its info's `paused`,
+/// absent before 2.11).
+async fn consumer_paused(client: &async_nats::Client) -> bool {
+    let reply = client
+        .request("$JS.API.CONSUMER.INFO.EDA_EVENTS.ledger__book", "".into())
+        .await
+        .expect("the server answers consumer info");
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(info.get("error").is_none(), "{info}");
+    info["paused"].as_bool().unwrap_or(false)
+}
+
+/// Runs on the current server and, in `scripts/test`, on 2.9 (which cannot pause consumers:
+/// there only the instance pauses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_pause_consumer_pauses_the_durable_consumer_where_the_server_can() {
+    let rig = Rig::nats();
+    let Rig::Nats(server) = &rig else {
+        unreachable!("a NATS rig")
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let version = client.server_info().version;
+    let mut numbers = version
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let can_pause = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (2, 11);
+    let api = Arc::new(Downstream::default());
+    let app = rig
+        .app("ledger")
+        .shared_state(Arc::clone(&api))
+        .handlers(&["book"])
+        .configure(|b| b.breaker("ledger_api", one_second().pause_consumer(true)))
+        .start()
+        .await
+        .unwrap();
+    let ledger = app.app().breaker("ledger_api").unwrap();
+    assert!(!consumer_paused(&client).await);
+    ledger.trip();
+    let deadline = Instant::now() + LIMIT;
+    while can_pause && !consumer_paused(&client).await && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        consumer_paused(&client).await,
+        can_pause,
+        "paused on the server where nats-server {version} can"
+    );
+    app.publish(&PaymentRequested { id: 1 }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.calls(), 0, "this instance pauses either way");
+    ledger.reset();
+    let deadline = Instant::now() + LIMIT;
+    while consumer_paused(&client).await && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!consumer_paused(&client).await, "resumed on reset");
+    app.settle().await;
+    assert_eq!(api.handled(), 1);
+    app.shutdown().await.unwrap();
+}

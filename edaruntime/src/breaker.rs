@@ -53,6 +53,7 @@ pub struct BreakerConfig {
     half_open_probes: u32,
     max_open_for: Duration,
     slow_call: Option<Duration>,
+    pause_consumer: bool,
 }
 
 impl Default for BreakerConfig {
@@ -68,6 +69,7 @@ impl Default for BreakerConfig {
             half_open_probes: 1,
             max_open_for: Duration::from_secs(300),
             slow_call: None,
+            pause_consumer: false,
         }
     }
 }
@@ -116,6 +118,22 @@ impl BreakerConfig {
     pub fn slow_call(mut self, limit: Duration) -> Self {
         self.slow_call = Some(limit);
         self
+    }
+
+    /// On NATS, also pause the durable consumers of the handlers behind the breaker on the
+    /// server for the open period (`$JS.API.CONSUMER.PAUSE`, nats-server 2.11 and later), so
+    /// that every instance of the service stops at once, not only the one whose calls failed.
+    /// On an older server this is a startup warning and only this instance pauses. Off by
+    /// default; no effect in memory.
+    pub fn pause_consumer(mut self, pause: bool) -> Self {
+        self.pause_consumer = pause;
+        self
+    }
+
+    /// Whether the durable consumers pause on the server too (see
+    /// [`BreakerConfig::pause_consumer`]).
+    pub(crate) fn pauses_consumer(&self) -> bool {
+        self.pause_consumer
     }
 
     /// What is wrong with this configuration of breaker `name`, one line each.
@@ -430,6 +448,28 @@ impl Breaker {
     /// Wakes on every state change.
     pub(crate) fn changes(&self) -> watch::Receiver<()> {
         self.shared.changes.subscribe()
+    }
+
+    /// The breaker's configuration.
+    pub(crate) fn config(&self) -> &BreakerConfig {
+        &self.shared.config
+    }
+
+    /// How much longer the breaker stays open (`max_open_for` when tripped by hand); `None`
+    /// unless it is open.
+    pub(crate) fn open_for_now(&self, now: Instant) -> Option<Duration> {
+        if self.is_closed() {
+            return None;
+        }
+        let mut phase = lock(&self.shared.phase);
+        self.refresh(&mut phase, now);
+        match *phase {
+            Phase::Open {
+                until: Some(until), ..
+            } => Some(until.saturating_duration_since(now)),
+            Phase::Open { until: None, .. } => Some(self.shared.config.max_open_for),
+            Phase::Closed | Phase::HalfOpen { .. } => None,
+        }
     }
 
     /// One atomic load: what the hot path pays for a closed breaker.

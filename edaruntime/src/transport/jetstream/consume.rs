@@ -55,6 +55,24 @@ impl JetStream {
             }
         };
         runtime.bound.store(true, Ordering::SeqCst);
+        let follower = match runtime
+            .breaker
+            .as_ref()
+            .filter(|b| b.config().pauses_consumer())
+        {
+            Some(breaker) if self.can_pause_consumers() => {
+                let follow =
+                    Arc::clone(&self).follow_breaker(breaker.clone(), runtime.durable().to_owned());
+                Some(tokio::spawn(follow).abort_handle())
+            }
+            Some(breaker) => {
+                tracing::warn!(breaker = breaker.name(), consumer = %runtime.durable(),
+                    server = %self.client.server_info().version,
+                    "pause_consumer needs nats-server 2.11 or later: while the breaker is open only this instance pauses");
+                None
+            }
+            None => None,
+        };
         let source = PullSource {
             subject: format!(
                 "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
@@ -75,6 +93,9 @@ impl JetStream {
             highest: 0,
         };
         driver::drive(runtime, source, signals).await;
+        if let Some(follower) = follower {
+            follower.abort();
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod connect;
 mod consume;
 mod inspect;
 mod kv;
+mod pause;
 mod provision;
 mod publish;
 mod recreate;
