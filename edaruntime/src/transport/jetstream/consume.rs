@@ -201,11 +201,7 @@ impl Source for PullSource {
                         }
                         Some(StatusCode::IDLE_HEARTBEAT) => self.bound(),
                         Some(status) => {
-                            let unfilled = message
-                                .headers
-                                .as_ref()
-                                .and_then(|h| h.get("Nats-Pending-Messages"))
-                                .and_then(|v| v.as_str().parse::<usize>().ok());
+                            let unfilled = unfilled(&message);
                             if let Some(wait) = self
                                 .status(status, message.description.as_deref(), unfilled)
                                 .await
@@ -239,11 +235,7 @@ impl Source for PullSource {
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 Some(_) => {
-                    let unfilled = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Pending-Messages"))
-                        .and_then(|v| v.as_str().parse::<usize>().ok());
+                    let unfilled = unfilled(&message);
                     self.requested = unfilled.map_or(0, |n| self.requested.saturating_sub(n));
                 }
             }
@@ -255,6 +247,16 @@ impl Source for PullSource {
             }
         }
     }
+}
+
+/// How many messages of its pull request a status message says were not brought
+/// (`Nats-Pending-Messages`).
+fn unfilled(status: &async_nats::Message) -> Option<usize> {
+    status
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Pending-Messages"))
+        .and_then(|v| v.as_str().parse().ok())
 }
 
 impl PullSource {
