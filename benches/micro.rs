@@ -109,39 +109,44 @@ impl MicroOrderV1 {
     }
 }
 
-/// What a publish creates for each event (as `publish.rs` does; the fingerprint is cached).
-fn metadata(fingerprint: &str) -> Metadata {
-    let mut metadata = Metadata::new("micro.order", 2, "micro-service");
-    metadata.schema = Some(fingerprint.to_owned());
-    metadata.traceparent = Some(eda::observe::trace::new_traceparent());
-    metadata
+/// What a publish creates for each event (as `publish.rs` does).
+fn metadata() -> Metadata {
+    Metadata::new("micro.order", 2, "micro-service")
+}
+
+fn encoded(metadata: &Metadata) -> async_nats::HeaderMap {
+    let mut map = async_nats::HeaderMap::new();
+    eda::wire::encode_into(metadata, eda::WireFormat::Eda, false, |name, value| {
+        map.insert(async_nats::header::HeaderName::from_static(name), value)
+    });
+    map
 }
 
 fn headers(c: &mut Criterion) {
-    let fingerprint = MicroOrder::fingerprint();
     let mut group = c.benchmark_group("headers");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("new metadata (id, time, trace)", |b| {
-        b.iter(|| metadata(&fingerprint))
+    group.bench_function("new metadata (id, time)", |b| b.iter(metadata));
+    let mut root = metadata();
+    root.version = 1;
+    group.bench_function("encode a root event into a NATS header map", |b| {
+        b.iter(|| encoded(&root))
     });
-    let mut metadata = metadata(&fingerprint);
-    metadata.causation_id = Some(metadata.id.clone());
-    group.bench_function("encode into a NATS header map", |b| {
-        b.iter(|| {
-            let mut map = async_nats::HeaderMap::new();
-            eda::wire::encode_into(&metadata, |name, value| {
-                map.insert(async_nats::header::HeaderName::from_static(name), value)
-            });
-            map
-        })
+    // The most an event carries: a v2 follow-up in a trace.
+    let mut follow_up = metadata();
+    follow_up.correlation_id = root.id.clone();
+    follow_up.causation_id = Some(root.id.clone());
+    follow_up.traceparent = Some(eda::observe::trace::new_traceparent());
+    group.bench_function("encode a follow-up into a NATS header map", |b| {
+        b.iter(|| encoded(&follow_up))
     });
-    let mut map = async_nats::HeaderMap::new();
-    eda::wire::encode_into(&metadata, |name, value| {
-        map.insert(async_nats::header::HeaderName::from_static(name), value)
-    });
-    let header = |name: &str| map.get(name).map(|v| v.as_str());
+    let map = encoded(&follow_up);
     group.bench_function("decode from a NATS header map", |b| {
-        b.iter(|| eda::wire::decode("micro.order", &header, Some(42), None))
+        b.iter(|| {
+            let pairs = map.iter().filter_map(|(name, values)| {
+                Some((AsRef::<str>::as_ref(name), values.first()?.as_str()))
+            });
+            eda::wire::decode("micro.order", pairs, Some(42), None)
+        })
     });
     group.finish();
 }

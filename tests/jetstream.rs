@@ -156,50 +156,227 @@ async fn headers_naming_another_event_than_the_subject_are_dead_lettered_as_deco
     );
 }
 
+#[event("parcel.weighed", version = 2)]
+pub struct ParcelWeighed {
+    pub id: u64,
+    pub grams: u64,
+}
+
+#[handler(service = "js-tests")]
+async fn weigh_parcel(event: ParcelSent, ctx: Context) -> Result<(), HandlerError> {
+    ctx.publish(&ParcelWeighed {
+        id: event.id,
+        grams: 250,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Every stored message of the event stream, as a plain client reads it: subject, header
+/// names and values.
+async fn stored_messages(js: &jetstream::Context) -> Vec<(String, HashMap<String, String>)> {
+    let stream = js.get_stream("EDA_EVENTS").await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut messages = Vec::new();
+    for seq in 1..=last {
+        let stored = stream.get_raw_message(seq).await.unwrap();
+        let headers = stored
+            .headers
+            .iter()
+            .map(|(name, values)| (name.to_string(), values[0].as_str().to_owned()))
+            .collect();
+        messages.push((stored.subject.to_string(), headers));
+    }
+    messages
+}
+
+fn names(headers: &HashMap<String, String>) -> Vec<&str> {
+    let mut names: Vec<&str> = headers.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn published_events_and_dead_letters_carry_every_header() {
+async fn exactly_the_headers_the_receiver_cannot_derive_go_on_the_wire() {
     let server = server();
     let ledger = Arc::new(Ledger::default());
-    let app = app(&server, &ledger, &[]).await;
-    let id = app
-        .publisher()
+    let app = app(&server, &ledger, &["weigh_parcel"]).await;
+    let publisher = app.publisher();
+    let root = publisher.publish(&ParcelSent { id: 1 }).await.unwrap();
+    app.settle().await;
+    let v2 = publisher
+        .publish(&ParcelWeighed { id: 2, grams: 90 })
+        .await
+        .unwrap();
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let then = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    let republished = publisher
         .publish_with(
-            &ParcelSent { id: 4 },
-            PublishOptions::default().correlation_id("c-1"),
+            &ParcelWeighed { id: 3, grams: 10 },
+            PublishOptions::default().time(then).traceparent(trace),
         )
         .await
         .unwrap();
+
     let js = plain_client(&server).await;
-    let stream = js.get_stream("EDA_EVENTS").await.unwrap();
-    let stored = stream
-        .get_raw_message(1)
-        .await
-        .expect("the event is in the stream");
-    assert_eq!(stored.subject.as_str(), "events.parcel.sent");
-    let payload: serde_json::Value = serde_json::from_slice(&stored.payload).unwrap();
-    assert_eq!(
-        payload,
-        serde_json::json!({"id": 4}),
-        "the payload is plain JSON"
-    );
-    let header = |name: &str| {
+    let stored = stored_messages(&js).await;
+    let by_id = |id: &str| {
         stored
-            .headers
-            .get(name)
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_else(|| panic!("header {name} is missing: {:?}", stored.headers))
+            .iter()
+            .find(|(_, h)| h.get("Nats-Msg-Id").map(String::as_str) == Some(id))
+            .map(|(subject, h)| (subject.as_str(), h))
+            .unwrap_or_else(|| panic!("no stored message with id {id}: {stored:?}"))
     };
-    assert_eq!(header("Nats-Msg-Id"), id);
-    assert_eq!(header("Eda-Event"), "parcel.sent");
-    assert_eq!(header("Eda-Version"), "1");
-    assert_eq!(header("Eda-Source"), "js-tests");
-    assert_eq!(header("Eda-Correlation-Id"), "c-1");
-    assert_eq!(header("Eda-Schema"), ParcelSent::fingerprint());
-    assert!(
-        header("Eda-Time").ends_with('Z'),
-        "RFC 3339 in UTC: {}",
-        header("Eda-Time")
+
+    let (subject, headers) = by_id(&root);
+    assert_eq!(subject, "events.parcel.sent");
+    assert_eq!(
+        names(headers),
+        ["Eda-Source", "Nats-Msg-Id"],
+        "a plain root publish: {headers:?}"
     );
+    assert_eq!(headers["Eda-Source"], "js-tests");
+
+    let (subject, headers) = by_id(&v2);
+    assert_eq!(subject, "events.parcel.weighed");
+    assert_eq!(
+        names(headers),
+        ["Eda-Source", "Eda-Version", "Nats-Msg-Id"],
+        "a version-2 root publish: {headers:?}"
+    );
+    assert_eq!(headers["Eda-Version"], "2");
+
+    let (_, headers) = stored
+        .iter()
+        .find(|(subject, h)| {
+            subject == "events.parcel.weighed" && h.contains_key("Eda-Causation-Id")
+        })
+        .expect("the handler's follow-up is stored");
+    assert_eq!(
+        names(headers),
+        [
+            "Eda-Causation-Id",
+            "Eda-Correlation-Id",
+            "Eda-Source",
+            "Eda-Version",
+            "Nats-Msg-Id",
+            "traceparent"
+        ],
+        "a follow-up: {headers:?}"
+    );
+    assert_eq!(headers["Eda-Causation-Id"], root);
+    assert_eq!(headers["Eda-Correlation-Id"], root);
+    let started = eda::observe::trace::trace_id(&headers["traceparent"]);
+    assert!(
+        started.is_some(),
+        "a handler of an event without a trace starts one: {headers:?}"
+    );
+
+    let (_, headers) = by_id(&republished);
+    assert_eq!(
+        names(headers),
+        [
+            "Eda-Source",
+            "Eda-Time",
+            "Eda-Version",
+            "Nats-Msg-Id",
+            "traceparent"
+        ],
+        "an explicit time and a trace: {headers:?}"
+    );
+    assert_eq!(headers["Eda-Time"], "2023-11-14T22:13:20.123Z");
+    assert_eq!(
+        eda::observe::trace::trace_id(&headers["traceparent"]),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "the trace is continued"
+    );
+    assert_ne!(headers["traceparent"], trace, "with a span id of its own");
+
+    let events = app.published_raw().await.unwrap();
+    let time_of = |id: &str| {
+        events
+            .iter()
+            .find(|e| e.metadata().id == id)
+            .map(|e| e.metadata().time)
+            .unwrap()
+    };
+    assert_eq!(
+        time_of(&republished),
+        then,
+        "the explicit time is read back"
+    );
+    let age = std::time::SystemTime::now()
+        .duration_since(time_of(&root))
+        .expect("the store time is in the past");
+    assert!(
+        age < Duration::from_secs(600),
+        "without Eda-Time the event time is when the broker stored it: {age:?} ago"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_headers_of_older_eda_versions_and_the_lean_ones_reach_the_same_handler() {
+    let server = server();
+    let ledger = Arc::new(Ledger::default());
+    let app = app(&server, &ledger, &["on_parcel"]).await;
+    let js = plain_client(&server).await;
+    // What eda sent before the lean format: every header on every message.
+    let mut full = HeaderMap::new();
+    for (name, value) in [
+        ("Nats-Msg-Id", "0190e0a0-0000-7000-8000-000000000001"),
+        ("Eda-Event", "parcel.sent"),
+        ("Eda-Version", "1"),
+        ("Eda-Time", "2024-07-01T10:00:00.000Z"),
+        ("Eda-Source", "depot-v1"),
+        ("Eda-Correlation-Id", "0190e0a0-0000-7000-8000-000000000001"),
+        (
+            "Eda-Schema",
+            "ea87f6f3219d9814a2fe72e5248715870199a098ac6628809f1fc67ad07476be",
+        ),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+    ] {
+        full.insert(name, value);
+    }
+    let mut lean = HeaderMap::new();
+    lean.insert("Nats-Msg-Id", "0190e0a0-0000-7000-8000-000000000002");
+    lean.insert("Eda-Source", "depot-v2");
+    for (headers, payload) in [(full, r#"{"id": 1}"#), (lean, r#"{"id": 2}"#)] {
+        js.publish_with_headers("events.parcel.sent", headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .expect("stored");
+    }
+    app.settle().await;
+    let mut seen = ledger.metadata.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (
+                1,
+                "0190e0a0-0000-7000-8000-000000000001".to_string(),
+                1,
+                "depot-v1".to_string()
+            ),
+            (
+                2,
+                "0190e0a0-0000-7000-8000-000000000002".to_string(),
+                1,
+                "depot-v2".to_string()
+            )
+        ]
+    );
+    let events = app.published_raw().await.unwrap();
+    assert_eq!(
+        events[0].metadata().time,
+        humantime::parse_rfc3339("2024-07-01T10:00:00Z").unwrap(),
+        "an old message's Eda-Time is still read"
+    );
+    assert!(app.dead_letters().await.unwrap().is_empty());
 }
 
 #[handler(service = "js-tests", retries = 1, base_delay = "10ms")]
@@ -240,7 +417,27 @@ async fn a_dead_letter_on_the_wire_holds_the_payload_and_every_dlq_header() {
     );
     assert_eq!(header("Eda-Original-Seq").as_deref(), Some("1"));
     assert_eq!(header("Eda-Original-Id").as_deref(), Some(id.as_str()));
-    assert_eq!(header("Eda-Event").as_deref(), Some("parcel.sent"));
+    assert_eq!(
+        header("Eda-Event"),
+        None,
+        "the original subject names the event"
+    );
+    let stored = js
+        .get_stream("EDA_EVENTS")
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(
+        header("Eda-Time").as_deref(),
+        Some(
+            humantime::format_rfc3339_millis(std::time::SystemTime::from(stored.time))
+                .to_string()
+                .as_str()
+        ),
+        "the dead letter keeps the time the event was stored"
+    );
     let events = js.get_stream("EDA_EVENTS").await.unwrap();
     let mut consumer = events
         .get_consumer::<jetstream::consumer::pull::Config>("js-tests__refuses_parcels")

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use eda::prelude::*;
 use eda::testing::TestApp;
+use eda::PublishOptions;
 
 #[event("obs.first")]
 pub struct ObsFirst {
@@ -68,16 +69,23 @@ impl tracing::Subscriber for SpanLog {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_handler_that_publishes_carries_the_trace_to_the_next_handler() {
+/// Publishes `ObsFirst` (with `options`) through both handlers; returns the trace id of each
+/// handler's span and the traceparent of each published event (first, then its follow-up).
+async fn run_both(
+    service: &str,
+    options: PublishOptions,
+) -> (Option<String>, Option<String>, Vec<Option<String>>) {
     let log = SpanLog::default();
     let _guard = tracing::subscriber::set_default(log.clone());
-    let app = TestApp::builder("obs-trace")
+    let app = TestApp::builder(service)
         .handlers(&["obs_forward", "obs_receive"])
         .start()
         .await
         .unwrap();
-    app.publish(&ObsFirst { n: 1 }).await.unwrap();
+    app.publisher()
+        .publish_with(&ObsFirst { n: 1 }, options)
+        .await
+        .unwrap();
     app.settle().await;
     let spans = log.0.lock().unwrap().clone();
     let trace_of = |handler: &str| {
@@ -86,21 +94,51 @@ async fn a_handler_that_publishes_carries_the_trace_to_the_next_handler() {
             .find(|(h, _)| h == handler)
             .map(|(_, t)| t.clone())
     };
-    let first = trace_of("obs_forward").expect("a span for the first handler");
-    assert_eq!(first.len(), 32, "a W3C trace id: {first}");
-    assert_eq!(
-        trace_of("obs_receive"),
-        Some(first),
-        "one trace across both handlers: {spans:?}"
-    );
-    let published = app.published_raw().await.unwrap();
-    let headers: Vec<&str> = published
+    let published = app
+        .published_raw()
+        .await
+        .unwrap()
         .iter()
-        .filter_map(|m| m.metadata().traceparent.as_deref())
+        .map(|m| m.metadata().traceparent.clone())
         .collect();
-    assert_eq!(headers.len(), 2);
-    assert_ne!(
-        headers[0], headers[1],
-        "each event has a span id of its own"
+    (trace_of("obs_forward"), trace_of("obs_receive"), published)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_handler_that_publishes_carries_the_trace_to_the_next_handler() {
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (first, second, published) =
+        run_both("obs-trace", PublishOptions::default().traceparent(incoming)).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736".to_owned();
+    assert_eq!(first, Some(trace.clone()), "the first handler's span");
+    assert_eq!(second, Some(trace), "one trace across both handlers");
+    assert_eq!(published.len(), 2);
+    let (event, follow_up) = (published[0].clone(), published[1].clone());
+    assert!(
+        event.is_some() && follow_up.is_some() && event != follow_up,
+        "each event has a span id of its own: {published:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_root_event_outside_a_trace_carries_none_and_its_handler_starts_one() {
+    let (first, second, published) = run_both("obs-untraced", PublishOptions::default()).await;
+    assert_eq!(published.len(), 2);
+    assert_eq!(published[0], None, "no trace on a root publish outside one");
+    let started = published[1]
+        .as_deref()
+        .and_then(eda::observe::trace::trace_id)
+        .map(str::to_owned);
+    assert!(
+        started.is_some(),
+        "the follow-up carries a new trace: {published:?}"
+    );
+    assert_eq!(
+        first, None,
+        "the first handler's event came without a trace"
+    );
+    assert_eq!(
+        second, started,
+        "the next handler continues the started trace"
     );
 }

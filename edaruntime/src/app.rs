@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::backend::{Backend, BackendChoice, Opened};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
-use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology};
+use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology, WireFormat};
 use crate::delivery::{HandlerRuntime, HandlerStats};
 use crate::dlq::DeadLetter;
 use crate::error::{Error, ErrorKind, Result};
@@ -301,6 +301,16 @@ impl AppBuilder {
         self
     }
 
+    /// Publish events in CloudEvents 1.0 binary content mode (`ce-id`, `ce-type`,
+    /// `ce-source`, `ce-time`, `ce-specversion` headers; the payload stays the event's JSON)
+    /// instead of eda's headers, for consumers that speak CloudEvents. eda services read both
+    /// formats whatever this says; dead letters keep eda's format. No effect in memory (there
+    /// is no wire).
+    pub fn cloudevents(mut self) -> Self {
+        self.nats.wire_format = WireFormat::CloudEvents;
+        self
+    }
+
     /// Give up connecting at startup after this long (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.nats.connect_timeout = timeout;
@@ -386,11 +396,7 @@ impl AppBuilder {
         problems.extend(found);
         problems.extend(breaker_problems(&self.breakers, &self.tripped, &handlers));
         let (nats, env_problems, url_source) = if self.use_env {
-            config::apply_env(
-                self.use_nats.then_some(self.nats),
-                self.memory.is_some(),
-                &ProcessEnv,
-            )
+            config::apply_env(self.nats, self.use_nats, self.memory.is_some(), &ProcessEnv)
         } else {
             (self.use_nats.then_some(self.nats), Vec::new(), "NATS URL")
         };

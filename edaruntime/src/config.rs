@@ -49,6 +49,20 @@ impl fmt::Debug for NatsAuth {
     }
 }
 
+/// How events' metadata goes on the wire (DESIGN.md §4). Either way eda reads both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WireFormat {
+    /// eda's headers, only those the receiver cannot derive (a root event: `Nats-Msg-Id`
+    /// and `Eda-Source`).
+    #[default]
+    Eda,
+    /// CloudEvents 1.0 binary content mode (`ce-id`, `ce-type`, `ce-source`, `ce-time`,
+    /// `ce-specversion`, `ce-datacontenttype`), for consumers that speak CloudEvents;
+    /// `Nats-Msg-Id` too, for the broker's duplicate window.
+    CloudEvents,
+}
+
 /// Names and limits of the JetStream objects eda provisions (DESIGN.md §5).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -109,6 +123,8 @@ pub struct NatsSettings {
     pub connect_timeout: Duration,
     /// A publish not confirmed within this long fails (default 5 s).
     pub publish_timeout: Duration,
+    /// How published events' metadata is written (default: eda's headers).
+    pub wire_format: WireFormat,
 }
 
 impl NatsSettings {
@@ -121,6 +137,7 @@ impl NatsSettings {
             topology: Topology::default(),
             connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(5),
+            wire_format: WireFormat::default(),
         }
     }
 
@@ -206,24 +223,23 @@ impl Env for ProcessEnv {
 /// Applies the `EDA_NATS_*`, `EDA_STREAM_REPLICAS` and `EDA_SUBJECT_PREFIX` variables.
 /// Returns the settings to use (if NATS was chosen by code or environment) and the problems.
 pub(crate) fn apply_env(
-    settings: Option<NatsSettings>,
+    settings: NatsSettings,
+    use_nats: bool,
     explicit_memory: bool,
     env: &dyn Env,
 ) -> (Option<NatsSettings>, Vec<String>, &'static str) {
     let mut problems = Vec::new();
     let mut url_source = "NATS URL";
-    let mut settings = settings;
-    if let Some(url) = env.var("EDA_NATS_URL") {
-        if !explicit_memory {
-            let mut s = settings.unwrap_or_else(|| NatsSettings::new(""));
+    let mut s = settings;
+    // The builder's other NATS settings (topology, wire format) apply to EDA_NATS_URL too.
+    match env.var("EDA_NATS_URL") {
+        Some(url) if !explicit_memory => {
             s.url = url;
             url_source = "EDA_NATS_URL";
-            settings = Some(s);
         }
+        _ if !use_nats => return (None, problems, url_source),
+        _ => {}
     }
-    let Some(mut s) = settings else {
-        return (None, problems, url_source);
-    };
     if let Some(path) = env.var("EDA_NATS_CREDS") {
         s.auth = NatsAuth::CredentialsFile(path.into());
     }
@@ -277,7 +293,8 @@ mod tests {
     #[test]
     fn the_environment_wins_over_the_builder() {
         let (s, problems, source) = apply_env(
-            Some(NatsSettings::new("nats://code:4222")),
+            NatsSettings::new("nats://code:4222"),
+            true,
             false,
             &env(&[
                 ("EDA_NATS_URL", "nats://env:4222"),
@@ -296,14 +313,23 @@ mod tests {
     #[test]
     fn eda_nats_url_switches_the_default_but_not_an_explicit_in_memory_choice() {
         let e = env(&[("EDA_NATS_URL", "nats://env:4222")]);
-        assert!(apply_env(None, false, &e).0.is_some());
-        assert!(apply_env(None, true, &e).0.is_none());
+        let mut builder = NatsSettings::new("");
+        builder.wire_format = WireFormat::CloudEvents;
+        let chosen = apply_env(builder.clone(), false, false, &e).0;
+        assert_eq!(
+            chosen.map(|s| (s.url, s.wire_format)),
+            Some(("nats://env:4222".to_owned(), WireFormat::CloudEvents)),
+            "the builder's other settings apply to the environment's URL"
+        );
+        assert!(apply_env(builder.clone(), false, true, &e).0.is_none());
+        assert!(apply_env(builder, false, false, &env(&[])).0.is_none());
     }
 
     #[test]
     fn bad_values_name_the_variable_and_the_value() {
         let (s, problems, source) = apply_env(
-            None,
+            NatsSettings::new(""),
+            false,
             false,
             &env(&[
                 ("EDA_NATS_URL", "ftp://x"),

@@ -146,7 +146,8 @@ pub struct Metadata {
     pub name: String,
     /// Schema version of the payload.
     pub version: u32,
-    /// When it was published.
+    /// When it happened: when it was published, or (on JetStream, for a message without
+    /// `Eda-Time`) when the broker stored it; an explicit time for a republished event.
     pub time: SystemTime,
     /// The publishing service (empty if unknown).
     pub source: String,
@@ -156,12 +157,17 @@ pub struct Metadata {
     pub causation_id: Option<String>,
     /// The subject, without the transport's prefix (the event name, for eda publishers).
     pub subject: String,
-    /// Schema fingerprint, if the publisher sent one.
+    /// Schema fingerprint, if the publisher sent one (eda no longer does: the schema
+    /// registry holds it; older eda versions did).
     pub schema: Option<String>,
     /// W3C `traceparent`, if any.
     pub traceparent: Option<String>,
     /// Position in the broker's stream, if the transport has one.
     pub sequence: Option<u64>,
+    /// The CloudEvents attributes of a message read in CloudEvents binary mode that have no
+    /// field here (`dataschema`, `subject`, `datacontenttype`, extensions), by attribute name
+    /// (lower case, without `ce-`), values decoded.
+    pub extensions: Vec<(String, String)>,
 }
 
 impl Metadata {
@@ -180,10 +186,11 @@ impl Metadata {
             schema: None,
             traceparent: None,
             sequence: None,
+            extensions: Vec::new(),
         }
     }
 
-    /// The publish time as RFC 3339 (UTC, milliseconds).
+    /// The event time as RFC 3339 (UTC, milliseconds).
     pub fn time_rfc3339(&self) -> String {
         humantime::format_rfc3339_millis(self.time).to_string()
     }

@@ -40,7 +40,7 @@ mod layers;
 
 pub use app::{App, AppBuilder, RunningApp};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
-pub use config::{NatsAuth, NatsSettings, Topology};
+pub use config::{NatsAuth, NatsSettings, Topology, WireFormat};
 pub use delivery::HandlerStats;
 pub use dlq::{DeadLetter, DlqReason};
 pub use error::{Error, ErrorKind, PublishError, Result};

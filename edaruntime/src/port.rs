@@ -22,6 +22,9 @@ pub(crate) struct Outbound {
     /// The id is stable across retries (chosen by the caller, or derived from the causing
     /// event): the broker's duplicate window applies to it.
     pub(crate) explicit_id: bool,
+    /// The event time was chosen by the caller (a republish keeping the original time): it
+    /// travels as `Eda-Time` instead of being the broker's store time.
+    pub(crate) explicit_time: bool,
 }
 
 /// Messages to publish, encoded one by one as they are taken.

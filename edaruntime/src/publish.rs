@@ -1,10 +1,9 @@
 //! Publishing events: [`Publisher`] and [`PublishOptions`].
 
-use std::any::TypeId;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -25,6 +24,7 @@ pub struct PublishOptions {
     correlation_id: Option<String>,
     causation_id: Option<String>,
     traceparent: Option<String>,
+    time: Option<SystemTime>,
 }
 
 impl PublishOptions {
@@ -47,10 +47,19 @@ impl PublishOptions {
         self
     }
 
-    /// Continue the W3C trace of `traceparent` (the event gets a child span id); without
-    /// it, each event published outside a handler starts a new trace.
+    /// Continue the W3C trace of `traceparent` (the event gets a child span id). Without it
+    /// an event published outside a handler carries no trace; the handlers of such an event
+    /// each start one, which their follow-up events carry.
     pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
         self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// The event happened at `time`, not now (e.g. republishing an event from an outbox or
+    /// an archive): it travels as `Eda-Time`. Without it the event time is when the broker
+    /// stored it.
+    pub fn time(mut self, time: SystemTime) -> Self {
+        self.time = Some(time);
         self
     }
 }
@@ -96,12 +105,11 @@ impl Publisher {
         version: u32,
         payload: impl Into<Bytes>,
     ) -> Result<String, PublishError> {
-        let mut metadata = Metadata::new(name, version, &self.service);
-        metadata.traceparent = Some(trace::new_traceparent());
         let message = Outbound {
-            metadata: Arc::new(metadata),
+            metadata: Arc::new(Metadata::new(name, version, &self.service)),
             payload: payload.into(),
             explicit_id: false,
+            explicit_time: false,
         };
         self.store(message).await
     }
@@ -230,12 +238,18 @@ pub(crate) fn outbound<E: Event>(
         metadata.correlation_id = correlation;
     }
     metadata.causation_id = options.causation_id;
-    metadata.traceparent = Some(trace::child_of(options.traceparent.as_deref()));
-    metadata.schema = Some(cached_fingerprint::<E>());
+    metadata.traceparent = options
+        .traceparent
+        .map(|parent| trace::child_of(Some(&parent)));
+    let explicit_time = options.time.is_some();
+    if let Some(time) = options.time {
+        metadata.time = time;
+    }
     Ok(Outbound {
         metadata: Arc::new(metadata),
         payload: Bytes::from(payload),
         explicit_id,
+        explicit_time,
     })
 }
 
@@ -258,21 +272,6 @@ fn to_json<E: serde::Serialize>(event: &E) -> Result<Vec<u8>, serde_json::Error>
         buffer.shrink_to_fit();
     }
     Ok(buffer)
-}
-
-/// Fingerprints cost a schema generation and a hash: compute each type's once.
-fn cached_fingerprint<E: Event>() -> String {
-    static CACHE: OnceLock<RwLock<HashMap<TypeId, String>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let key = TypeId::of::<E>();
-    if let Some(found) = cache.read().ok().and_then(|map| map.get(&key).cloned()) {
-        return found;
-    }
-    let fingerprint = E::fingerprint();
-    if let Ok(mut map) = cache.write() {
-        map.insert(key, fingerprint.clone());
-    }
-    fingerprint
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 """A plain NATS client (nats-py) talking to eda: publishes plain JSON, reads what eda stored.
 
-    python client.py <url> publish <subject> <json>   -> prints {"seq": n}
+    python client.py <url> publish <subject> <json> [<headers as json>]   -> prints {"seq": n}
     python client.py <url> read <stream> <seq>        -> prints subject, headers, payload
 """
 import asyncio
@@ -15,8 +15,9 @@ async def main(url, mode, *args):
     js = nc.jetstream()
     try:
         if mode == "publish":
-            subject, payload = args
-            ack = await js.publish(subject, payload.encode())
+            subject, payload, *headers = args
+            headers = json.loads(headers[0]) if headers else None
+            ack = await js.publish(subject, payload.encode(), headers=headers)
             print(json.dumps({"seq": ack.seq}))
         elif mode == "read":
             stream, seq = args

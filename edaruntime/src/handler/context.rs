@@ -5,7 +5,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::error::PublishError;
 use crate::event::{Event, Metadata};
@@ -103,9 +103,17 @@ pub struct Context {
     metadata: Arc<Metadata>,
     attempt: u32,
     scope: Arc<Scope>,
-    /// How many events of each type this invocation published (shared by the clones
-    /// extractors make).
-    published: Arc<Mutex<Vec<(&'static str, u32)>>>,
+    /// What this invocation's follow-ups share (and the clones extractors make).
+    follow_ups: Arc<FollowUps>,
+}
+
+/// What the follow-up events of one invocation share.
+#[derive(Default)]
+struct FollowUps {
+    /// How many events of each type were published.
+    published: Mutex<Vec<(&'static str, u32)>>,
+    /// The trace started for an event that came without one.
+    trace: OnceLock<String>,
 }
 
 impl Context {
@@ -114,12 +122,13 @@ impl Context {
             metadata,
             attempt,
             scope,
-            published: Arc::default(),
+            follow_ups: Arc::default(),
         }
     }
 
-    /// Publishes `event` with this event's correlation id and this event as its cause; returns
-    /// the new event's id once the broker stored it.
+    /// Publishes `event` with this event's correlation id and this event as its cause, in
+    /// this event's trace (or, for an event that came without one, a trace this invocation
+    /// starts); returns the new event's id once the broker stored it.
     ///
     /// The id is derived from the service, the handler, this event's id, the published
     /// event's name and how many events of that name this invocation published before: a
@@ -129,6 +138,7 @@ impl Context {
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String, PublishError> {
         let index = {
             let mut published = self
+                .follow_ups
                 .published
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
@@ -152,13 +162,19 @@ impl Context {
             ],
             index,
         );
-        let mut options = PublishOptions::default()
+        // An event without a trace starts one here, which every follow-up carries.
+        let trace = match &self.metadata.traceparent {
+            Some(traceparent) => traceparent,
+            None => self
+                .follow_ups
+                .trace
+                .get_or_init(crate::observe::trace::new_traceparent),
+        };
+        let options = PublishOptions::default()
             .id(id)
             .correlation_id(self.metadata.correlation_id.clone())
-            .causation_id(self.metadata.id.clone());
-        if let Some(traceparent) = &self.metadata.traceparent {
-            options = options.traceparent(traceparent.clone());
-        }
+            .causation_id(self.metadata.id.clone())
+            .traceparent(trace.clone());
         self.scope.publisher.send(event, options).await
     }
 

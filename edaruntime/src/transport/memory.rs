@@ -372,11 +372,13 @@ impl BrokerInner {
     }
 
     /// Sequences and retains a message, unless it repeats an explicit id inside the window.
+    /// The event time is kept as published (there is no store time to derive it from).
     fn accept(&self, message: Outbound) -> Option<Arc<Stored>> {
         let Outbound {
             mut metadata,
             payload,
             explicit_id,
+            explicit_time: _,
         } = message;
         if explicit_id && lock(&self.duplicates).is_repeat(&metadata.id) {
             return None;

@@ -228,24 +228,19 @@ fn service(args: &Args, stream: &str, subject: &str, progress: Arc<Progress>) ->
 // ---- eda's headers, written by hand --------------------------------------------------------
 
 /// The headers eda's wire format puts on a plain publish besides `Nats-Msg-Id` (a UUID v7),
-/// with the same names and value sizes as eda's end-to-end scenario sends: `Eda-Event`
-/// (`bench.e2e`), `Eda-Version` (`1`), `Eda-Time` (RFC 3339, UTC, milliseconds: 24
-/// characters), `Eda-Source` (`bench-publisher`), `Eda-Correlation-Id` (the event id, as for
-/// any event that starts a conversation), `Eda-Schema` (a SHA-256 fingerprint, 64 hex digits)
-/// and a W3C `traceparent` (55 characters). `Eda-Causation-Id` is sent only by publishes from
-/// handlers, so not here. This crate does not depend on eda: the values are made here, per
-/// event, as eda makes them.
+/// with the same names and value sizes as eda's end-to-end scenario sends: `Eda-Source`
+/// (`bench-publisher`) alone. eda sends nothing the receiver can derive (DESIGN.md §4): no
+/// version 1, no correlation id equal to the event id, no time (the stored message's
+/// timestamp is the event time), no trace outside a trace. This crate does not depend on eda:
+/// the values are made here, per event, as eda makes them.
 ///
-/// ruststream's header map keeps names in lowercase (`eda-event`): the same bytes on the wire.
+/// ruststream's header map keeps names in lowercase (`eda-source`): the same bytes on the wire.
 struct EdaHeaders {
     /// Start of the run in Unix milliseconds: the time part of the ids.
     millis: u64,
-    /// Mixed into the trace ids, so two runs do not send the same ones.
+    /// Mixed into the ids' random part, so two runs do not send the same ones.
     seed: u64,
 }
-
-/// Stands in for eda's schema fingerprint: only its size matters here.
-const SCHEMA_FINGERPRINT: &str = "ea87f6f3219d9814a2fe72e5248715870199a098ac6628809f1fc67ad07476be";
 
 impl EdaHeaders {
     fn new() -> Self {
@@ -269,26 +264,9 @@ impl EdaHeaders {
         )
     }
 
-    fn headers(&self, id: u64, event_id: &str) -> HeaderMap {
-        let trace = splitmix64(self.seed.wrapping_add(id));
-        let mut headers = HeaderMap::with_capacity(7);
-        headers.insert(Str::from_static("eda-event"), "bench.e2e");
-        headers.insert(Str::from_static("eda-version"), "1");
-        headers.insert(
-            Str::from_static("eda-time"),
-            rfc3339_millis(Duration::from_nanos(now_ns())),
-        );
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(1);
         headers.insert(Str::from_static("eda-source"), "bench-publisher");
-        headers.insert(Str::from_static("eda-correlation-id"), event_id.to_owned());
-        headers.insert(Str::from_static("eda-schema"), SCHEMA_FINGERPRINT);
-        headers.insert(
-            Str::from_static("traceparent"),
-            format!(
-                "00-{trace:016x}{:016x}-{:016x}-01",
-                splitmix64(trace),
-                splitmix64(trace ^ self.seed)
-            ),
-        );
         headers
     }
 }
@@ -301,33 +279,6 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A time since the Unix epoch as RFC 3339 in UTC with milliseconds, as eda's `Eda-Time`
-/// (`2025-01-31T12:00:00.123Z`); the date by Howard Hinnant's days-to-civil algorithm.
-fn rfc3339_millis(since_epoch: Duration) -> String {
-    let seconds = since_epoch.as_secs();
-    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
-    let shifted = days + 719_468; // days since 0000-03-01
-    let era = shifted / 146_097;
-    let day_of_era = shifted % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60,
-        since_epoch.subsec_millis()
-    )
-}
 
 // ---- the run --------------------------------------------------------------------------------
 
@@ -353,11 +304,9 @@ async fn publish_all(
             let published = match eda {
                 None => message.message_id(format!("{name}-{id}")).publish().await,
                 Some(eda) => {
-                    let event_id = eda.event_id(id);
-                    let headers = eda.headers(id, &event_id);
                     message
-                        .message_id(event_id)
-                        .with_headers(headers)
+                        .message_id(eda.event_id(id))
+                        .with_headers(eda.headers())
                         .publish()
                         .await
                 }
@@ -502,28 +451,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn eda_header_values_have_eda_sizes() {
+    fn eda_headers_have_eda_sizes() {
         let eda = EdaHeaders::new();
-        let id = eda.event_id(12_345);
-        assert_eq!(id.len(), 36);
-        let headers = eda.headers(12_345, &id);
-        assert_eq!(headers.len(), 7);
-        assert_eq!(headers.get_str("eda-time").map(str::len), Some(24));
-        assert_eq!(headers.get_str("eda-schema").map(str::len), Some(64));
-        assert_eq!(headers.get_str("traceparent").map(str::len), Some(55));
-    }
-
-    #[test]
-    fn times_format_as_rfc3339() {
-        assert_eq!(rfc3339_millis(Duration::ZERO), "1970-01-01T00:00:00.000Z");
-        // 2000-02-29T23:59:59.999Z: a leap day of a year divisible by 400.
-        assert_eq!(
-            rfc3339_millis(Duration::from_millis(951_868_799_999)),
-            "2000-02-29T23:59:59.999Z"
-        );
-        assert_eq!(
-            rfc3339_millis(Duration::from_millis(1_735_689_600_000)),
-            "2025-01-01T00:00:00.000Z"
-        );
+        assert_eq!(eda.event_id(12_345).len(), 36);
+        let headers = eda.headers();
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers.get_str("eda-source"), Some("bench-publisher"));
     }
 }

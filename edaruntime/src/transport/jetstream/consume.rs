@@ -375,22 +375,18 @@ impl PullSource {
         self.highest = self.highest.max(info.stream_sequence);
         let subject = message.subject.as_str();
         let name = subject.strip_prefix(&self.prefix).unwrap_or(subject);
-        let headers = message.headers.as_ref();
-        let lookup = |key: &str| headers.and_then(|h| h.get(key)).map(|v| v.as_str());
-        let (metadata, header_error) = wire::decode(
+        let decoded = wire::decode(
             name,
-            &lookup,
+            super::header_pairs(message.headers.as_ref()),
             Some(info.stream_sequence),
             Some(info.published),
         );
-        let id_epoch = lookup(wire::MSG_ID)
-            .is_none()
-            .then(|| Arc::clone(&self.epoch));
+        let id_epoch = (!decoded.id_from_header).then(|| Arc::clone(&self.epoch));
         let attempt = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
         let delivery = Delivery {
-            raw: RawEvent::new(metadata, message.payload, attempt),
+            raw: RawEvent::new(decoded.metadata, message.payload, attempt),
             redelivered: attempt > 1 || info.stream_sequence <= self.seen_before,
-            header_error,
+            header_error: decoded.error,
             id_epoch,
         };
         Some((delivery, self.js.ack_for(reply)))

@@ -149,24 +149,18 @@ impl JetStream {
             .into_iter()
             .filter_map(|m| {
                 let info = m.info().ok()?;
-                let lookup = |key: &str| {
-                    m.headers
-                        .as_ref()
-                        .and_then(|h| h.get(key))
-                        .map(|v| v.as_str())
-                };
                 let name = m
                     .subject
                     .as_str()
                     .strip_prefix(&prefix)
                     .unwrap_or(m.subject.as_str());
-                let (metadata, _) = wire::decode(
+                let decoded = wire::decode(
                     name,
-                    &lookup,
+                    super::header_pairs(m.headers.as_ref()),
                     Some(info.stream_sequence),
                     Some(SystemTime::from(info.published)),
                 );
-                Some(RawEvent::new(metadata, m.payload.clone(), 1))
+                Some(RawEvent::new(decoded.metadata, m.payload.clone(), 1))
             })
             .collect())
     }
@@ -179,13 +173,8 @@ impl JetStream {
         Ok(messages
             .into_iter()
             .filter_map(|m| {
-                let lookup = |key: &str| {
-                    m.headers
-                        .as_ref()
-                        .and_then(|h| h.get(key))
-                        .map(|v| v.as_str())
-                };
-                wire::dead_letter_from(m.subject.as_str(), &lookup, m.payload.clone(), &prefix)
+                let headers: Vec<_> = super::header_pairs(m.headers.as_ref()).collect();
+                wire::dead_letter_from(m.subject.as_str(), &headers, m.payload.clone(), &prefix)
             })
             .collect())
     }

@@ -70,3 +70,15 @@ impl JetStream {
         })
     }
 }
+
+/// A message's headers as name and value pairs (the first value of a repeated header), for
+/// reading in one pass: a lookup by name in the client's map allocates the name each time.
+fn header_pairs(
+    headers: Option<&async_nats::HeaderMap>,
+) -> impl Iterator<Item = (&str, &str)> + '_ {
+    headers.into_iter().flat_map(|map| {
+        map.iter().filter_map(|(name, values)| {
+            Some((AsRef::<str>::as_ref(name), values.first()?.as_str()))
+        })
+    })
+}

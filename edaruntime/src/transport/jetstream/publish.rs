@@ -1,6 +1,7 @@
 //! Publishing with broker confirmation: events (one, or many with confirmations in flight
 //! together) and dead letters.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 
 use super::JetStream;
+use crate::config::WireFormat;
 use crate::dlq::DeadLetter;
 use crate::error::PublishError;
 use crate::event::Metadata;
@@ -34,6 +36,7 @@ impl JetStream {
             client: self.client.clone(),
             context: self.context.clone(),
             prefix: self.settings.topology.subject_prefix.clone(),
+            format: self.settings.wire_format,
         })
     }
 }
@@ -43,6 +46,7 @@ struct JetStreamTransport {
     client: async_nats::Client,
     context: jetstream::Context,
     prefix: String,
+    format: WireFormat,
 }
 
 impl fmt::Debug for JetStreamTransport {
@@ -53,19 +57,10 @@ impl fmt::Debug for JetStreamTransport {
     }
 }
 
-fn event_headers(metadata: &Metadata) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    // Static names: no parsing or allocation per header.
-    wire::encode_into(metadata, |name, value| {
-        headers.insert(async_nats::header::HeaderName::from_static(name), value)
-    });
-    headers
-}
-
-fn header_map(pairs: Vec<(&'static str, String)>) -> HeaderMap {
+fn header_map(pairs: Vec<(Cow<'static, str>, String)>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in pairs {
-        headers.insert(name, value.as_str());
+        headers.insert(name.as_ref(), value.as_str());
     }
     headers
 }
@@ -93,13 +88,25 @@ impl JetStreamTransport {
     fn subject(&self, metadata: &Metadata) -> String {
         format!("{}.{}", self.prefix, metadata.subject)
     }
+
+    fn event_headers(&self, message: &Outbound) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        // Static names: no parsing or allocation per header.
+        wire::encode_into(
+            &message.metadata,
+            self.format,
+            message.explicit_time,
+            |name, value| headers.insert(async_nats::header::HeaderName::from_static(name), value),
+        );
+        headers
+    }
 }
 
 impl Transport for JetStreamTransport {
     fn publish(&self, message: Outbound) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
             let subject = self.subject(&message.metadata);
-            let headers = event_headers(&message.metadata);
+            let headers = self.event_headers(&message);
             let ack = self.send(subject, headers, message.payload).await?;
             ack.await.map_err(publish_error)?;
             Ok(())
@@ -122,7 +129,7 @@ impl Transport for JetStreamTransport {
                     }
                 }
                 let subject = self.subject(&message.metadata);
-                let headers = event_headers(&message.metadata);
+                let headers = self.event_headers(&message);
                 let ack = self.send(subject, headers, message.payload).await?;
                 pending.push(std::future::IntoFuture::into_future(ack));
             }
