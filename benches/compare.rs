@@ -1500,28 +1500,36 @@ async fn main() -> Result<(), BoxError> {
     );
     let peer_ratio = |i: usize| eda_rates[1].median() / peer_rates[i].median();
     let targets = [
-        Target::ratio("publish ≥ 0.90 × raw", ratio(0), 0.90, Some(wide(0)), WIRE),
-        Target::ratio("end to end (off) ≥ 0.85 × raw", ratio(1), 0.85, Some(wide(1)), WIRE),
-        Target::ratio("end to end (KV) ≥ 0.85 × raw", ratio(2), 0.85, Some(wide(2)), WIRE),
+        Target::ratio("publish ≥ 0.95 × raw", ratio(0), 0.95, Some(wide(0)), WIRE),
+        Target::ratio("end to end (off) ≥ 0.90 × raw", ratio(1), 0.90, Some(wide(1)), WIRE),
+        Target::ratio(
+            "end to end (KV) ≥ 0.90 × raw's KV create",
+            ratio(2),
+            0.90,
+            Some(wide(2)),
+            WIRE,
+        ),
         Target::ratio("sequential publish ≥ 0.95 × raw", ratio(3), 0.95, Some(wide(3)), WIRE),
         Target {
-            target: "latency p99 ≤ 1.3 × raw",
+            target: "latency p99 ≤ 1.2 × raw",
             measured: format!("{:.2} ×", eda_p99.median() / raw_p99.median()),
             same_headers: String::new(),
-            met: eda_p99.median() / raw_p99.median() <= 1.3,
+            met: eda_p99.median() / raw_p99.median() <= 1.2,
             why: "see the latency table",
         },
         Target {
-            target: "in memory ≥ 1,000,000 events/s (one no-op handler)",
-            measured: format!(
-                "{:.0}/s (criterion {}; hand-written floor {})",
-                memory.median(),
-                criterion_memory.map_or("not run".into(), |r| format!("{r:.0}/s")),
-                floor.map_or("not run".into(), |r| format!("{r:.0}/s"))
-            ),
+            target: "in memory ≥ 0.8 × the hand-written floor (criterion)",
+            measured: match (criterion_memory, floor) {
+                (Some(eda), Some(floor)) => format!(
+                    "{:.2} × ({eda:.0}/s against {floor:.0}/s; {:.0}/s with a million events in one call)",
+                    eda / floor,
+                    memory.median()
+                ),
+                _ => format!("not run ({:.0}/s with a million events in one call)", memory.median()),
+            },
             same_headers: String::new(),
-            met: memory.median() >= 1e6,
-            why: "above what a hand-written serialize-channel-decode loop reaches on this machine (the floor)",
+            met: matches!((criterion_memory, floor), (Some(eda), Some(floor)) if eda >= 0.8 * floor),
+            why: MEMORY,
         },
         Target {
             target: "concurrency ≥ 50% of 64,000/s",
@@ -1549,11 +1557,11 @@ async fn main() -> Result<(), BoxError> {
         },
         Target::ratio("end to end ≥ 5 × FastStream", peer_ratio(2), 5.0, None, ""),
         Target::ratio(
-            "end to end ≥ 1.0 × ruststream-nats",
+            "end to end ≥ 1.1 × ruststream-nats",
             peer_ratio(0),
-            1.0,
+            1.1,
             Some(peer_ratio(1)),
-            "ruststream-nats sends one header; the column compares it sending eda's headers",
+            "ruststream-nats sends one header; the column compares it sending eda's two",
         ),
     ];
     report.push_str(
@@ -1678,8 +1686,11 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Why the publish and end-to-end targets against a baseline sending one header are missed.
-const WIRE: &str = "the wire format: eda's headers (see the rows 'raw with eda's headers')";
+/// Why the publish and end-to-end targets against a baseline sending one header can be missed.
+const WIRE: &str = "compare the rows 'raw with eda's headers' (`Eda-Source` too): what is left is eda's own cost";
+
+/// Why the in-memory target is missed.
+const MEMORY: &str = "allocation and JSON: see the findings below the tables";
 
 /// One target of the benchmark issue and this run's figure.
 struct Target {
@@ -1727,20 +1738,25 @@ const FINDINGS: &str = "
 Findings:
 
 - Publish, end to end and sequential publish: eda's messages carry the headers of DESIGN.md
-  section 4 (a plain publish sends 8 of the 9, all but `Eda-Causation-Id`; their bytes are in
-  the line under the table); the baseline sends one. The rows 'raw with eda's headers' run
-  the same hand-written program with eda's headers (names, values and sizes as eda writes
-  them), for each of the four scenarios: what is left between them and eda is the
-  framework's own cost, the rest is the wire format (the nats-server process, storing and
-  delivering the larger messages, is the bottleneck on 2 cores).
+  section 4, only those the receiver cannot derive: a plain publish sends `Nats-Msg-Id` and
+  `Eda-Source` (their bytes are in the line under the table); the baseline sends
+  `Nats-Msg-Id` alone. The rows 'raw with eda's headers' run the same hand-written program
+  with eda's two headers, for each of the four scenarios: what is left between them and eda
+  is the framework's own cost. Before the lean format a plain publish carried 8 headers (a
+  372-byte header block) and eda reached 0.71 (publish) and 0.80 (end to end) of raw.
 - Concurrency: the raw figure is the same work written by hand (64 tasks, each awaiting the
   sleep before its ack), in the same rounds. tokio's timer has millisecond granularity and a
   sleep never ends early, so `sleep(1 ms)` lasts longer than 1 ms (the mean measured in the
   run is in the concurrency line) and no tokio program reaches the 64,000/s bound: 64 / that
   mean is the bound that can be reached; see the line for raw's and eda's share of it.
 - In memory: the 'floor' micro-benchmark (serialize, a tokio channel, decode, written by
-  hand) is the ceiling of any in-process transport of these JSON events on this machine; a
-  million events/s through a handler is above it.
+  hand) is the ceiling of any in-process transport of these JSON events on this machine.
+  What eda adds per event, in a `perf record` of the criterion benchmark: the allocator
+  (malloc and free are about a quarter of the samples: the metadata's strings, the shared
+  metadata and stored message, the handler's task and context), clock reads (metrics
+  durations, the handler's timeout) and the delivery bookkeeping (permit, settlement, the
+  stats). A typed path that skips JSON between a publisher and a handler of the same type
+  is not built: the floor pays JSON too, and the gap to it is eda's own per-message work.
 - Peers: ruststream-nats sends only `Nats-Msg-Id` and pulls in batches of 200; the row
   'ruststream, with eda's headers' runs the same peer with eda's headers (same names and
   value sizes, written by hand in the peer and sent through ruststream's own publisher), so
