@@ -1687,7 +1687,8 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// Why the publish and end-to-end targets against a baseline sending one header can be missed.
-const WIRE: &str = "compare the rows 'raw with eda's headers' (`Eda-Source` too): what is left is eda's own cost";
+const WIRE: &str =
+    "compare the rows 'raw with eda's headers' (`Eda-Source` too): what is left is eda's own cost";
 
 /// Why the in-memory target is missed.
 const MEMORY: &str = "allocation and JSON: see the findings below the tables";

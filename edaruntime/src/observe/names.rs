@@ -11,7 +11,8 @@ pub const PUBLISH_DURATION: &str = "eda_publish_duration_seconds";
 pub const EVENTS_HANDLED: &str = "eda_events_handled_total";
 /// Histogram, labels `service`, `handler`: how long one handler attempt ran.
 pub const HANDLER_DURATION: &str = "eda_handler_duration_seconds";
-/// Histogram, labels `service`, `handler`: now minus the event's `Eda-Time`, at handler start.
+/// Histogram, labels `service`, `handler`: now minus the event time (`Eda-Time`, else the
+/// broker's store time), at handler start.
 pub const EVENT_LAG: &str = "eda_event_lag_seconds";
 /// Gauge, labels `service`, `handler`: handler attempts running now.
 pub const HANDLERS_IN_FLIGHT: &str = "eda_handlers_in_flight";
