@@ -162,8 +162,13 @@ impl Context {
             ],
             index,
         );
-        // An event without a trace starts one here, which every follow-up carries.
-        let trace = match &self.metadata.traceparent {
+        // An event without a (readable) trace starts one here, which every follow-up carries.
+        let incoming = self
+            .metadata
+            .traceparent
+            .as_ref()
+            .filter(|t| crate::observe::trace::trace_id(t).is_some());
+        let trace = match incoming {
             Some(traceparent) => traceparent,
             None => self
                 .follow_ups

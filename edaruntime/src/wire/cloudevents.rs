@@ -159,6 +159,9 @@ fn unescaped(value: &str) -> Option<Cow<'_, str>> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = unquoted.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             decoded.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -166,8 +169,14 @@ fn unescaped(value: &str) -> Option<Cow<'_, str>> {
             i += 1;
         }
     }
-    // Rejects overlong and otherwise invalid UTF-8, as the binding requires.
-    String::from_utf8(decoded).ok().map(Cow::Owned)
+    // Rejects overlong and otherwise invalid UTF-8, as the binding requires, and control
+    // characters (attribute values may not hold them, and a line break would break the
+    // headers eda writes from them: follow-ups, dead letters).
+    let text = String::from_utf8(decoded).ok()?;
+    if text.chars().any(char::is_control) {
+        return None;
+    }
+    Some(Cow::Owned(text))
 }
 
 #[cfg(test)]
@@ -195,5 +204,8 @@ mod tests {
         assert_eq!(unescaped("%C0%A0"), None, "overlong UTF-8 is rejected");
         assert_eq!(unescaped("100%"), None);
         assert_eq!(unescaped("%zz"), None);
+        assert_eq!(unescaped("%+A"), None, "only hex digits");
+        assert_eq!(unescaped("x%0Ay"), None, "no line breaks in a value");
+        assert_eq!(unescaped("a%0D%0Ab"), None);
     }
 }
