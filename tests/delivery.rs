@@ -211,7 +211,7 @@ async fn exhausted_retries_dead_letter_with_everything_needed_to_redrive(rig: Ri
     assert_eq!(letter.subject, "dlq.exhaust.always_fails");
     assert_eq!(letter.handler, "always_fails");
     assert_eq!(letter.metadata.id, id);
-    assert_eq!(letter.metadata.subject, "order.placed");
+    assert_eq!(&*letter.metadata.subject, "order.placed");
     assert!(letter.metadata.sequence.is_some());
     let payload: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
     assert_eq!(payload, serde_json::json!({"id": 5}));
@@ -683,7 +683,7 @@ async fn context_publish_carries_correlation_and_causation(rig: Rig) {
     let meta = shipped[0].metadata();
     assert_eq!(meta.correlation_id, "checkout-42");
     assert_eq!(meta.causation_id.as_deref(), Some(placed_id.as_str()));
-    assert_eq!(meta.source, "metadata");
+    assert_eq!(&*meta.source, "metadata");
     assert_eq!(meta.version, 1);
     assert_eq!(
         uuid_version(&placed_id),

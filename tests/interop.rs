@@ -139,7 +139,7 @@ async fn cloudevents_in_binary_mode_are_read_from_python_and_written_for_it() {
     let seen = Arc::clone(&issued.1.lock().unwrap()[0]);
     assert_eq!(seen.id, "inv-0042");
     assert_eq!(seen.correlation_id, "inv-0042");
-    assert_eq!(seen.source, "/billing/legacy system");
+    assert_eq!(&*seen.source, "/billing/legacy system");
     assert_eq!(
         seen.time,
         humantime::parse_rfc3339("2026-03-01T08:30:00Z").unwrap()

@@ -45,7 +45,7 @@ async fn on_parcel(event: Envelope<ParcelSent>, ledger: State<Ledger>) {
         .metadata
         .lock()
         .unwrap()
-        .push((event.id, m.id.clone(), m.version, m.source.clone()));
+        .push((event.id, m.id.clone(), m.version, m.source.to_string()));
     ledger.count(event.id);
 }
 

@@ -142,21 +142,21 @@ pub struct Metadata {
     /// Event id: a UUID v7 for events eda publishes; `Nats-Msg-Id` or the stream sequence for
     /// messages from plain clients.
     pub id: String,
-    /// Event name.
-    pub name: String,
+    /// Event name (shared by the events of one type: cloning it costs no allocation).
+    pub name: Arc<str>,
     /// Schema version of the payload.
     pub version: u32,
     /// When it happened: when it was published, or (on JetStream, for a message without
     /// `Eda-Time`) when the broker stored it; an explicit time for a republished event.
     pub time: SystemTime,
     /// The publishing service (empty if unknown).
-    pub source: String,
+    pub source: Arc<str>,
     /// Shared by every event of one conversation; the first event's id by default.
     pub correlation_id: String,
     /// The id of the event whose handler published this one.
     pub causation_id: Option<String>,
     /// The subject, without the transport's prefix (the event name, for eda publishers).
-    pub subject: String,
+    pub subject: Arc<str>,
     /// Schema fingerprint, if the publisher sent one (eda no longer does: the schema
     /// registry holds it; older eda versions did).
     pub schema: Option<String>,
@@ -171,18 +171,21 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// Metadata for a new event: fresh UUID v7 id, now, version and name from the type.
-    pub fn new(name: &str, version: u32, source: &str) -> Metadata {
-        let id = crate::random::uuid_v7();
+    /// Metadata for a new event: fresh UUID v7 id, now, version and name from the type; the
+    /// subject is the name.
+    pub fn new(name: impl Into<Arc<str>>, version: u32, source: impl Into<Arc<str>>) -> Metadata {
+        let time = SystemTime::now();
+        let id = crate::random::uuid_v7_at(time);
+        let name = name.into();
         Metadata {
             correlation_id: id.clone(),
             id,
-            name: name.to_owned(),
+            subject: Arc::clone(&name),
+            name,
             version,
-            time: SystemTime::now(),
-            source: source.to_owned(),
+            time,
+            source: source.into(),
             causation_id: None,
-            subject: name.to_owned(),
             schema: None,
             traceparent: None,
             sequence: None,
@@ -262,10 +265,10 @@ impl RawEvent {
 
     /// Decodes into `E`, upcasting older versions; fails if this is another event.
     pub fn decode<E: Event>(&self) -> Result<E, DecodeError> {
-        if self.metadata.name != E::NAME {
+        if *self.metadata.name != *E::NAME {
             return Err(DecodeError::Mismatch {
                 expected: E::NAME.to_owned(),
-                found: self.metadata.name.clone(),
+                found: self.metadata.name.to_string(),
             });
         }
         E::decode_version(self.metadata.version, &self.payload)

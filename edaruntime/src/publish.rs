@@ -1,8 +1,9 @@
 //! Publishing events: [`Publisher`] and [`PublishOptions`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -106,7 +107,7 @@ impl Publisher {
         payload: impl Into<Bytes>,
     ) -> Result<String, PublishError> {
         let message = Outbound {
-            metadata: Arc::new(Metadata::new(name, version, &self.service)),
+            metadata: Arc::new(Metadata::new(name, version, Arc::clone(&self.service))),
             payload: payload.into(),
             explicit_id: false,
             explicit_time: false,
@@ -126,11 +127,11 @@ impl Publisher {
         I: IntoIterator<Item = &'a E>,
         I::IntoIter: Send,
     {
-        let source = &*self.service;
+        let (name, source) = (shared_name(E::NAME), &self.service);
         let mut ids = Vec::new();
         let started = Instant::now();
         let mut messages = events.into_iter().map(|event| {
-            let message = outbound(event, PublishOptions::default(), source)?;
+            let message = outbound(event, PublishOptions::default(), &name, source)?;
             ids.push(message.metadata.id.clone());
             Ok(message)
         });
@@ -161,7 +162,7 @@ impl Publisher {
         event: &E,
         options: PublishOptions,
     ) -> Result<String, PublishError> {
-        let message = outbound(event, options, &self.service)?;
+        let message = outbound(event, options, &shared_name(E::NAME), &self.service)?;
         self.store(message).await
     }
 
@@ -210,7 +211,8 @@ pub(crate) fn derived_id(parts: [&str; 4], index: u32) -> String {
 pub(crate) fn outbound<E: Event>(
     event: &E,
     options: PublishOptions,
-    source: &str,
+    name: &Arc<str>,
+    source: &Arc<str>,
 ) -> Result<Outbound, PublishError> {
     for (what, value) in [
         ("event id", &options.id),
@@ -228,7 +230,7 @@ pub(crate) fn outbound<E: Event>(
         }
     }
     let payload = to_json(event).map_err(PublishError::Encode)?;
-    let mut metadata = Metadata::new(E::NAME, E::VERSION, source);
+    let mut metadata = Metadata::new(Arc::clone(name), E::VERSION, Arc::clone(source));
     let explicit_id = options.id.is_some();
     if let Some(id) = options.id {
         metadata.correlation_id.clone_from(&id);
@@ -255,6 +257,22 @@ pub(crate) fn outbound<E: Event>(
 
 /// Serializes into a buffer sized like the payloads before it, so that serializing does not
 /// grow the buffer step by step (each step a reallocation and a copy).
+/// The event name `name` as one shared string: every event of a type points at it instead of
+/// owning a copy (freed, per message, on the consumer's thread).
+fn shared_name(name: &'static str) -> Arc<str> {
+    static NAMES: OnceLock<RwLock<HashMap<&'static str, Arc<str>>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    if let Some(shared) = names
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(name)
+    {
+        return Arc::clone(shared);
+    }
+    let mut names = names.write().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(names.entry(name).or_insert_with(|| name.into()))
+}
+
 fn to_json<E: serde::Serialize>(event: &E) -> Result<Vec<u8>, serde_json::Error> {
     static SIZE_HINT: AtomicUsize = AtomicUsize::new(256);
     let hint = SIZE_HINT.load(Ordering::Relaxed);

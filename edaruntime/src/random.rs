@@ -79,7 +79,12 @@ pub(crate) fn push_hex(out: &mut String, bytes: usize) {
 
 /// A new event id: a UUID v7 (milliseconds since the epoch, then 74 random bits), hyphenated.
 pub(crate) fn uuid_v7() -> String {
-    let millis = SystemTime::now()
+    uuid_v7_at(SystemTime::now())
+}
+
+/// A UUID v7 for an event of time `now` (one clock read serves the id and the event time).
+pub(crate) fn uuid_v7_at(now: SystemTime) -> String {
+    let millis = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut random = [0u8; 10];

@@ -242,15 +242,19 @@ impl<'h> Read<'h> {
             .owned()
             .or_else(|| sequence.map(|s| s.to_string()))
             .unwrap_or_else(crate::random::uuid_v7);
+        let name: Arc<str> = subject_name.into();
         let metadata = Metadata {
             correlation_id: self.correlation_id.owned().unwrap_or_else(|| id.clone()),
             id,
-            name: subject_name.to_owned(),
+            subject: Arc::clone(&name),
+            name,
             version,
             time,
-            source: self.source.owned().unwrap_or_default(),
+            source: self
+                .source
+                .0
+                .map_or_else(|| "".into(), |(value, _)| Arc::from(&*value)),
             causation_id: self.causation_id.owned(),
-            subject: subject_name.to_owned(),
             schema: self.schema.owned(),
             traceparent: self.traceparent.owned(),
             sequence,
@@ -469,7 +473,7 @@ mod tests {
             let m = &back.metadata;
             assert_eq!(m.id, original.id, "{format:?}");
             assert_eq!(m.version, 2, "{format:?}");
-            assert_eq!(m.source, "accounts", "{format:?}");
+            assert_eq!(&*m.source, "accounts", "{format:?}");
             assert_eq!(m.correlation_id, "conversation", "{format:?}");
             assert_eq!(m.causation_id.as_deref(), Some("cause"), "{format:?}");
             assert_eq!(m.traceparent, original.traceparent, "{format:?}");
@@ -491,7 +495,7 @@ mod tests {
         assert!(!back.id_from_header);
         let meta = back.metadata;
         assert_eq!(
-            (meta.name.as_str(), meta.version, meta.id.as_str()),
+            (&*meta.name, meta.version, meta.id.as_str()),
             ("payment.failed", 1, "42")
         );
         assert_eq!(meta.correlation_id, "42");
@@ -529,7 +533,7 @@ mod tests {
         let m = &back.metadata;
         assert_eq!(m.id, "A234-1234-1234");
         assert_eq!(m.correlation_id, "A234-1234-1234");
-        assert_eq!(m.source, "/shop/web front");
+        assert_eq!(&*m.source, "/shop/web front");
         assert_eq!(
             m.time,
             humantime::parse_rfc3339("2018-04-05T03:56:24Z").unwrap()

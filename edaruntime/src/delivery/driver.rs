@@ -111,8 +111,10 @@ pub(crate) async fn drive<S: Source>(
         let settlement = Settlement::new(ack.clone(), Arc::clone(&hand_backs), handed_back.clone());
         let runtime = Arc::clone(&runtime);
         let busy = Arc::clone(&busy);
+        let timed = source.ack_wait().is_some();
         let work = async move {
-            let started = tokio::time::Instant::now();
+            // The slot time only paces pulling ahead of an ack wait.
+            let started = timed.then(tokio::time::Instant::now);
             let deliver = runtime.deliver(delivery, settlement, Some(permit), probe);
             match ack.progress_period() {
                 Some(period) => {
@@ -124,7 +126,9 @@ pub(crate) async fn drive<S: Source>(
                 }
                 None => deliver.await,
             }
-            busy.record(started.elapsed());
+            if let Some(started) = started {
+                busy.record(started.elapsed());
+            }
         };
         if inline {
             // One at a time on a source whose settling costs nothing (in memory): run it here

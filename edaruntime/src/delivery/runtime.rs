@@ -186,7 +186,7 @@ impl HandlerRuntime {
         let key = self.idempotency_key(&delivery);
         let delivery = self.real_attempt(delivery, key.as_deref()).await;
         let raw = delivery.raw.clone();
-        let event = raw.metadata().name.as_str();
+        let event = &*raw.metadata().name;
         // The slot is held until the message is settled, except after a success whose id
         // is recorded at the first try: a record or a dead letter retried in place keeps (or
         // takes back) a slot, so an outage of the store or of the dead-letter stream stops
@@ -330,7 +330,7 @@ impl HandlerRuntime {
         key: Option<String>,
     ) {
         let attempt = raw.attempt();
-        let event = raw.metadata().name.as_str();
+        let event = &*raw.metadata().name;
         let letter = DeadLetter {
             subject: self.names.dlq_subject.clone(),
             service: self.service.to_string(),
@@ -430,9 +430,10 @@ impl HandlerRuntime {
                 }
             }
         }
-        let started = tokio::time::Instant::now();
+        // The clock is read for the breaker's slow-call rule only.
+        let started = self.breaker.as_ref().map(|_| tokio::time::Instant::now());
         let outcome = self.run(raw).await;
-        if let Some(breaker) = &self.breaker {
+        if let (Some(breaker), Some(started)) = (&self.breaker, started) {
             let now = tokio::time::Instant::now();
             let call = breaker_call(&outcome, breaker.is_slow(now - started));
             match probe {
@@ -507,10 +508,11 @@ impl HandlerRuntime {
             raw.attempt(),
             Arc::clone(&self.scope),
         );
-        let _running = self.metrics.attempt(raw.metadata().time);
+        let running = self.metrics.attempt(raw.metadata().time);
         let invocation = Invocation { raw, context };
         let attempt = AssertUnwindSafe((self.descriptor.invoke)(invocation)).catch_unwind();
-        match tokio::time::timeout(timeout, attempt).await {
+        // The deadline from the attempt's start: one clock read less per message.
+        match tokio::time::timeout_at(running.started() + timeout, attempt).await {
             Err(_) => Outcome::TimedOut(timeout),
             Ok(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
             Ok(Ok(Ok(()))) => Outcome::Success,

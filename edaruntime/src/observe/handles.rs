@@ -218,6 +218,13 @@ pub struct Attempt<'a> {
     started: tokio::time::Instant,
 }
 
+impl Attempt<'_> {
+    /// When the attempt started.
+    pub fn started(&self) -> tokio::time::Instant {
+        self.started
+    }
+}
+
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         self.metrics.in_flight.decrement(1.0);
