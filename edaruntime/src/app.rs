@@ -270,6 +270,23 @@ impl AppBuilder {
         self
     }
 
+    /// Authenticate with an NKey seed, the `SU...` line of an nkey file (`EDA_NATS_NKEY` wins).
+    pub fn nats_nkey(mut self, seed: impl Into<String>) -> Self {
+        self.nats.auth = NatsAuth::Nkey(seed.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM files) to a server that verifies clients
+    /// (mutual TLS; `EDA_NATS_TLS_CERT` + `EDA_NATS_TLS_KEY` win). Needs a CA too.
+    pub fn nats_tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.nats.tls_client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Trust this CA certificate (PEM) for `tls://` URLs (`EDA_NATS_TLS_CA` wins).
     pub fn nats_tls_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.nats.tls_ca = Some(path.into());

@@ -6,7 +6,9 @@
 //! | `EDA_NATS_CREDS` | `.nats_credentials(path)` |
 //! | `EDA_NATS_USER` + `EDA_NATS_PASSWORD` | `.nats_user_password(user, password)` |
 //! | `EDA_NATS_TOKEN` | `.nats_token(token)` |
+//! | `EDA_NATS_NKEY` | `.nats_nkey(seed)` |
 //! | `EDA_NATS_TLS_CA` | `.nats_tls_ca(path)` |
+//! | `EDA_NATS_TLS_CERT` + `EDA_NATS_TLS_KEY` | `.nats_tls_client_cert(cert, key)` |
 //! | `EDA_STREAM_REPLICAS` | `.stream_replicas(n)` |
 //! | `EDA_SUBJECT_PREFIX` | `.subject_prefix(prefix)` |
 //!
@@ -34,6 +36,8 @@ pub enum NatsAuth {
     Token(String),
     /// A `.creds` file (JWT and NKey seed).
     CredentialsFile(PathBuf),
+    /// An NKey seed (`SU...`): the server knows the user by its public key.
+    Nkey(String),
 }
 
 impl fmt::Debug for NatsAuth {
@@ -45,6 +49,7 @@ impl fmt::Debug for NatsAuth {
             }
             NatsAuth::Token(_) => f.write_str("Token(\"***\")"),
             NatsAuth::CredentialsFile(path) => write!(f, "CredentialsFile({path:?})"),
+            NatsAuth::Nkey(_) => f.write_str("Nkey(\"***\")"),
         }
     }
 }
@@ -107,8 +112,9 @@ impl Default for Topology {
     }
 }
 
-/// Everything needed to reach and use a NATS server.
-#[derive(Debug, Clone)]
+/// Everything needed to reach and use a NATS server. Its `Debug` output masks every secret
+/// (passwords and tokens, also inside URLs, and NKey seeds).
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct NatsSettings {
     /// One URL or a comma-separated list (`nats://` or `tls://`).
@@ -117,6 +123,9 @@ pub struct NatsSettings {
     pub auth: NatsAuth,
     /// CA certificate for `tls://` URLs.
     pub tls_ca: Option<PathBuf>,
+    /// Client certificate and its private key (PEM), for servers that verify clients
+    /// (mutual TLS).
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
     /// Streams, buckets and limits.
     pub topology: Topology,
     /// Give up connecting at startup after this long (default 5 s).
@@ -127,6 +136,21 @@ pub struct NatsSettings {
     pub wire_format: WireFormat,
 }
 
+impl fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("auth", &self.auth)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("topology", &self.topology)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("wire_format", &self.wire_format)
+            .finish()
+    }
+}
+
 impl NatsSettings {
     /// Settings for `url` with every default.
     pub fn new(url: impl Into<String>) -> NatsSettings {
@@ -134,6 +158,7 @@ impl NatsSettings {
             url: url.into(),
             auth: NatsAuth::None,
             tls_ca: None,
+            tls_client_cert: None,
             topology: Topology::default(),
             connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(5),
@@ -168,13 +193,30 @@ impl NatsSettings {
                 problems.push(format!("TLS CA `{}` is not a readable file", ca.display()));
             }
         }
-        if let NatsAuth::CredentialsFile(path) = &self.auth {
-            if !path.is_file() {
-                problems.push(format!(
-                    "credentials file `{}` is not a readable file",
-                    path.display()
-                ));
+        if let Some((cert, key)) = &self.tls_client_cert {
+            for (what, path) in [("certificate", cert), ("key", key)] {
+                if !path.is_file() {
+                    problems.push(format!(
+                        "TLS client {what} `{}` is not a readable file",
+                        path.display()
+                    ));
+                }
             }
+            if !tls && self.tls_ca.is_none() {
+                problems.push(
+                    "a TLS client certificate was given but neither a tls:// URL nor a CA certificate: set EDA_NATS_TLS_CA or call `.nats_tls_ca(path)`".into(),
+                );
+            }
+        }
+        match &self.auth {
+            NatsAuth::CredentialsFile(path) if !path.is_file() => problems.push(format!(
+                "credentials file `{}` is not a readable file",
+                path.display()
+            )),
+            NatsAuth::Nkey(seed) if !looks_like_user_seed(seed) => problems.push(
+                "the NKey seed is not a user seed: expected the `SU...` line of an nkey file (the seed itself is not shown)".into(),
+            ),
+            _ => {}
         }
         let prefix = &self.topology.subject_prefix;
         if prefix.is_empty()
@@ -197,13 +239,50 @@ impl NatsSettings {
     }
 }
 
-/// `EDA_NATS_URL=`x`` for a variable, `NATS URL `x`` for a builder value.
+/// `EDA_NATS_URL=`x`` for a variable, `NATS URL `x`` for a builder value; credentials in the
+/// URL are masked.
 fn labelled(source: &str, value: &str) -> String {
+    let value = redacted_url(value);
     if source.starts_with("EDA_") {
         format!("{source}=`{value}`")
     } else {
         format!("{source} `{value}`")
     }
+}
+
+/// `urls` (one or a comma-separated list) with the password or token of any
+/// `nats://user:password@host` or `nats://token@host` masked, for messages and logs.
+pub(crate) fn redacted_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return url.to_owned();
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                None => url.to_owned(),
+                Some(at) => {
+                    let user = match rest[..at].split_once(':') {
+                        Some((user, _)) => format!("{user}:***"),
+                        None => "***".to_owned(),
+                    };
+                    format!("{scheme}://{user}{}", &rest[at..])
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An NKey user seed: `SU` and 56 more base32 characters. Checked before connecting so that a
+/// public key or an account seed given by mistake is a startup error naming the setting.
+fn looks_like_user_seed(seed: &str) -> bool {
+    let seed = seed.trim();
+    seed.len() == 58
+        && seed.starts_with("SU")
+        && seed
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
 }
 
 /// A source of environment variables (the process, or a map in tests).
@@ -256,8 +335,21 @@ pub(crate) fn apply_env(
     if let Some(token) = env.var("EDA_NATS_TOKEN") {
         s.auth = NatsAuth::Token(token);
     }
+    if let Some(seed) = env.var("EDA_NATS_NKEY") {
+        s.auth = NatsAuth::Nkey(seed);
+    }
     if let Some(ca) = env.var("EDA_NATS_TLS_CA") {
         s.tls_ca = Some(ca.into());
+    }
+    match (env.var("EDA_NATS_TLS_CERT"), env.var("EDA_NATS_TLS_KEY")) {
+        (Some(cert), Some(key)) => s.tls_client_cert = Some((cert.into(), key.into())),
+        (Some(cert), None) => problems.push(format!(
+            "EDA_NATS_TLS_CERT=`{cert}` is set but EDA_NATS_TLS_KEY is not: set both"
+        )),
+        (None, Some(key)) => problems.push(format!(
+            "EDA_NATS_TLS_KEY=`{key}` is set but EDA_NATS_TLS_CERT is not: set both"
+        )),
+        (None, None) => {}
     }
     if let Some(replicas) = env.var("EDA_STREAM_REPLICAS") {
         match replicas.parse::<usize>() {
@@ -323,6 +415,68 @@ mod tests {
         );
         assert!(apply_env(builder.clone(), false, true, &e).0.is_none());
         assert!(apply_env(builder, false, false, &env(&[])).0.is_none());
+    }
+
+    #[test]
+    fn nkey_and_client_certificate_variables_apply_and_half_a_pair_is_a_problem() {
+        let seed = "SUAKYITMHPMSYUGPNQBLLPGOPFQN44XNCGXHNSHLJJVMD3IKYGBOLAI7TI";
+        let (s, problems, _) = apply_env(
+            NatsSettings::new("tls://n:4222"),
+            true,
+            false,
+            &env(&[
+                ("EDA_NATS_NKEY", seed),
+                ("EDA_NATS_TLS_CERT", "/c.pem"),
+                ("EDA_NATS_TLS_KEY", "/k.pem"),
+            ]),
+        );
+        let s = s.unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(matches!(&s.auth, NatsAuth::Nkey(given) if given == seed));
+        assert_eq!(s.tls_client_cert, Some(("/c.pem".into(), "/k.pem".into())));
+        assert!(!format!("{s:?}").contains(seed), "the seed is masked");
+        for (name, other) in [
+            ("EDA_NATS_TLS_CERT", "EDA_NATS_TLS_KEY"),
+            ("EDA_NATS_TLS_KEY", "EDA_NATS_TLS_CERT"),
+        ] {
+            let (_, problems, _) = apply_env(
+                NatsSettings::new("tls://n:4222"),
+                true,
+                false,
+                &env(&[(name, "/x.pem")]),
+            );
+            assert_eq!(
+                problems,
+                [format!(
+                    "{name}=`/x.pem` is set but {other} is not: set both"
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_and_tokens_in_urls_are_masked() {
+        assert_eq!(
+            redacted_url("nats://ada:pw@h:4222, tls://tok@h2:4222,nats://plain:4222"),
+            "nats://ada:***@h:4222, tls://***@h2:4222,nats://plain:4222"
+        );
+        assert_eq!(redacted_url("not a url"), "not a url");
+        assert_eq!(redacted_url("nats://h:4222/p@th"), "nats://h:4222/p@th");
+    }
+
+    #[test]
+    fn only_user_seeds_pass_as_nkey_seeds() {
+        assert!(looks_like_user_seed(
+            "SUAKYITMHPMSYUGPNQBLLPGOPFQN44XNCGXHNSHLJJVMD3IKYGBOLAI7TI\n"
+        ));
+        for wrong in [
+            "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4",
+            "SAAKYITMHPMSYUGPNQBLLPGOPFQN44XNCGXHNSHLJJVMD3IKYGBOLAI7TI",
+            "",
+            "SU",
+        ] {
+            assert!(!looks_like_user_seed(wrong), "{wrong}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl JetStream {
         settings: &NatsSettings,
         service: &str,
     ) -> Result<JetStream, Error> {
-        let url = &settings.url;
+        let url = &crate::config::redacted_url(&settings.url);
         let addresses = settings
             .url
             .split(',')
@@ -78,9 +78,13 @@ impl JetStream {
                     Error::with_source(ErrorKind::Config, message, e)
                 })?
             }
+            NatsAuth::Nkey(seed) => options.nkey(seed.trim().to_owned()),
         };
         if let Some(ca) = &settings.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &settings.tls_client_cert {
+            options = options.add_client_certificate(cert.clone(), key.clone());
         }
         let attempt = tokio::time::timeout(
             settings.connect_timeout + Duration::from_secs(1),
@@ -94,7 +98,7 @@ impl JetStream {
                     humantime::format_duration(settings.connect_timeout)
                 )))
             }
-            Ok(Err(e)) => return Err(connect_error(url, e)),
+            Ok(Err(e)) => return Err(connect_error(url, settings.tls_ca.is_some(), e)),
             Ok(Ok(client)) => client,
         };
         connected.store(true, Ordering::SeqCst);
@@ -144,13 +148,44 @@ impl JetStream {
     }
 }
 
-fn connect_error(url: &str, error: async_nats::ConnectError) -> Error {
+/// What to check after a failed TLS handshake, read from rustls' error text (async-nats
+/// reports most handshake failures as I/O errors): `None` if it is not a TLS failure.
+fn tls_hint(error: &str) -> Option<&'static str> {
+    // rustls writes some reasons as words ("certificate expired"), others as names.
+    let error = error.to_ascii_lowercase().replace(['_', ' '], "");
+    if error.contains("receivedfatalalert") {
+        // The server refused the handshake: it checks clients.
+        Some("the server wants a client certificate its CA signed (mutual TLS): set EDA_NATS_TLS_CERT and EDA_NATS_TLS_KEY (or `.nats_tls_client_cert(cert, key)`)")
+    } else if !error.contains("invalidpeercertificate") {
+        None
+    } else if error.contains("expired") || error.contains("notvalidyet") {
+        Some("the server's certificate is expired or not yet valid: renew it")
+    } else if error.contains("notvalidforname") {
+        Some("the server's certificate is not for the URL's host name: connect by a name the certificate lists")
+    } else {
+        Some("the server's certificate is not signed by a trusted CA: set EDA_NATS_TLS_CA (or `.nats_tls_ca(path)`) to the CA that signed it")
+    }
+}
+
+fn connect_error(url: &str, with_ca: bool, error: async_nats::ConnectError) -> Error {
     use async_nats::ConnectErrorKind as Kind;
+    let text = error.to_string();
+    let tls = matches!(error.kind(), Kind::Tls) || tls_hint(&text).is_some();
+    if tls {
+        let message = if with_ca {
+            let hint = tls_hint(&text).unwrap_or(
+                "check EDA_NATS_TLS_CA, the client certificate (EDA_NATS_TLS_CERT, EDA_NATS_TLS_KEY) and the URL's host name",
+            );
+            format!("TLS with the NATS server at `{url}` failed ({error}): {hint}")
+        } else {
+            format!("the NATS server at `{url}` requires TLS ({error}): use a tls:// URL and set EDA_NATS_TLS_CA (or `.nats_tls_ca(path)`) to the CA that signed its certificate")
+        };
+        return Error::with_source(ErrorKind::Auth, message, error);
+    }
     let (kind, message) = match error.kind() {
         Kind::AuthorizationViolation | Kind::Authentication => (ErrorKind::Auth, format!(
-            "the NATS server at `{url}` rejected the credentials ({error}): check EDA_NATS_USER/EDA_NATS_PASSWORD, EDA_NATS_TOKEN or EDA_NATS_CREDS"
+            "the NATS server at `{url}` rejected the credentials ({error}): check EDA_NATS_USER/EDA_NATS_PASSWORD, EDA_NATS_TOKEN, EDA_NATS_NKEY or EDA_NATS_CREDS"
         )),
-        Kind::Tls => (ErrorKind::Auth, format!("TLS with the NATS server at `{url}` failed ({error}): check EDA_NATS_TLS_CA and the URL's host name")),
         Kind::TimedOut => (ErrorKind::Connect, format!("cannot connect to NATS at `{url}`: timed out; is nats-server running there?")),
         Kind::ServerParse | Kind::Dns => (ErrorKind::Config, format!("cannot resolve the NATS URL `{url}`: {error}")),
         _ => (ErrorKind::Connect, format!("cannot connect to NATS at `{url}`: {error}; is nats-server running there?")),

@@ -36,7 +36,7 @@ pub(crate) struct JetStream {
 impl fmt::Debug for JetStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JetStream")
-            .field("url", &self.settings.url)
+            .field("url", &crate::config::redacted_url(&self.settings.url))
             .field("replicas", &self.replicas)
             .finish()
     }
