@@ -1,0 +1,163 @@
+//! The fault plan of FAULTS.md, one test per scenario (`fault_NN_<what>`), each on real
+//! `nats-server` processes and checked with the plan's bookkeeping: what was attempted,
+//! acked by the broker, handled (side effects, per id) and dead-lettered. The scenarios tested
+//! elsewhere before this file existed keep their tests there (`tests/jetstream.rs`,
+//! `tests/delivery.rs`, `tests/consume.rs`, `tests/signals.rs`, `tests/breaker.rs`).
+#![allow(missing_docs, missing_debug_implementations)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eda::prelude::*;
+use eda::testing::{NatsServer, TestApp};
+
+/// The plan's bookkeeping: side effects per key, in the order they happened.
+#[derive(Default)]
+pub struct Book {
+    handled: Mutex<Vec<(u32, u32)>>,
+    failed_once: Mutex<Vec<(u32, u32)>>,
+}
+
+impl Book {
+    fn handled(&self) -> Vec<(u32, u32)> {
+        self.handled.lock().unwrap().clone()
+    }
+
+    /// Per key, the sequence numbers in the order their side effects ran.
+    fn per_key(&self) -> HashMap<u32, Vec<u32>> {
+        let mut keys: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (key, seq) in self.handled() {
+            keys.entry(key).or_default().push(seq);
+        }
+        keys
+    }
+}
+
+#[event("stock.moved")]
+pub struct StockMoved {
+    pub key: u32,
+    pub seq: u32,
+}
+
+/// `concurrency = 1` (the default): one message at a time, in stream order.
+#[handler(service = "faults-order", idempotent = "off")]
+async fn move_stock(event: StockMoved, book: State<Book>) {
+    book.handled.lock().unwrap().push((event.key, event.seq));
+}
+
+/// Fails the first attempt of key 3's tenth event; its retry waits out a 1 s backoff.
+#[handler(
+    service = "faults-reorder",
+    idempotent = "off",
+    base_delay = "1s",
+    max_delay = "1s",
+    jitter = false
+)]
+async fn move_stock_once_failing(event: StockMoved, book: State<Book>) -> Result<(), HandlerError> {
+    if (event.key, event.seq) == (3, 10) {
+        let mut failed = book.failed_once.lock().unwrap();
+        if !failed.contains(&(3, 10)) {
+            failed.push((3, 10));
+            return Err(HandlerError::retry("the warehouse is busy"));
+        }
+    }
+    book.handled.lock().unwrap().push((event.key, event.seq));
+    Ok(())
+}
+
+/// 1,000 events, `seq` counting per key across 16 keys, published in one pipelined call.
+fn stock_moves() -> Vec<StockMoved> {
+    (0..1000u32)
+        .map(|i| StockMoved {
+            key: i % 16,
+            seq: i / 16,
+        })
+        .collect()
+}
+
+async fn start(server: &NatsServer, service: &str, handler: &str, book: &Arc<Book>) -> TestApp {
+    TestApp::builder(service)
+        .nats(server.url())
+        .handlers(&[handler])
+        .shared_state(Arc::clone(book))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Polls until `done` (every 20 ms, at most two minutes): fault tests never sleep blindly.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within two minutes: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_24_per_key_order_holds_with_one_handler_and_concurrency_1() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let book = Arc::new(Book::default());
+    let app = start(&server, "faults-order", "move_stock", &book).await;
+    let moves = stock_moves();
+    let acked = app.publisher().publish_all(&moves).await.unwrap();
+    assert_eq!(acked.len(), 1000, "every publish acked by the broker");
+    eventually("1,000 side effects", || book.handled().len() >= 1000).await;
+    app.settle().await;
+
+    let per_key = book.per_key();
+    assert_eq!(per_key.len(), 16);
+    for (key, seqs) in &per_key {
+        let expected: Vec<u32> = (0..1000u32)
+            .filter(|i| i % 16 == *key)
+            .map(|i| i / 16)
+            .collect();
+        assert_eq!(
+            seqs, &expected,
+            "key {key}: every event once, in publish order"
+        );
+    }
+    assert_eq!(book.handled().len(), 1000, "no phantoms, no repeats");
+    assert!(app.dead_letters().await.unwrap().is_empty());
+    app.shutdown().await.unwrap();
+}
+
+/// The documented limit of per-key order: a retry waits out its backoff while the stream moves
+/// on, so the retried event lands after later events of its key. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_24_a_retry_reorders_its_key_and_loses_nothing() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let book = Arc::new(Book::default());
+    let app = start(&server, "faults-reorder", "move_stock_once_failing", &book).await;
+    app.publisher().publish_all(&stock_moves()).await.unwrap();
+    eventually("1,000 side effects", || book.handled().len() >= 1000).await;
+    app.settle().await;
+
+    let per_key = book.per_key();
+    let key_3 = &per_key[&3];
+    let retried_at = key_3.iter().position(|&s| s == 10).unwrap();
+    assert!(
+        key_3[..retried_at].iter().any(|&s| s > 10),
+        "later events of key 3 ran before the retried one: {key_3:?}"
+    );
+    let mut sorted = key_3.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..63).collect::<Vec<u32>>(),
+        "key 3: each event once"
+    );
+    for (key, seqs) in per_key.iter().filter(|(k, _)| **k != 3) {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "key {key} untouched by the retry"
+        );
+    }
+    assert_eq!(book.handled().len(), 1000);
+    assert_eq!(app.stats("move_stock_once_failing").retried, 1);
+    app.shutdown().await.unwrap();
+}
