@@ -6,8 +6,11 @@
 #![allow(missing_docs, missing_debug_implementations)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use async_nats::jetstream;
 
 use eda::prelude::*;
 use eda::testing::{NatsServer, TestApp};
@@ -160,4 +163,94 @@ async fn fault_24_a_retry_reorders_its_key_and_loses_nothing() {
     assert_eq!(book.handled().len(), 1000);
     assert_eq!(app.stats("move_stock_once_failing").retried, 1);
     app.shutdown().await.unwrap();
+}
+
+#[event("parcel.packed")]
+pub struct ParcelPacked {
+    pub id: u32,
+}
+
+/// Side effects per parcel id.
+#[derive(Default)]
+pub struct Packed {
+    counts: Mutex<HashMap<u32, u32>>,
+    runs: AtomicUsize,
+}
+
+/// One message at a time per instance, a few milliseconds each: every instance pulls up to 64
+/// ahead, so five instances ask for more than the consumer's `max_ack_pending` of 256.
+#[handler(service = "faults-ack-pending")]
+async fn pack_parcel(event: ParcelPacked, packed: State<Packed>) {
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    packed.runs.fetch_add(1, Ordering::Relaxed);
+    *packed.counts.lock().unwrap().entry(event.id).or_default() += 1;
+}
+
+/// FAULTS #23: the consumer's `max_ack_pending` is reached (five instances pulling ahead);
+/// the server holds further deliveries back, no client drops a message (nothing waits for an
+/// ack wait to come back: no redelivery at all), and the backlog drains as acks arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_23_max_ack_pending_reached_suspends_delivery_and_drops_nothing() {
+    const EVENTS: u32 = 3000;
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let packed = Arc::new(Packed::default());
+    let mut instances = Vec::new();
+    for _ in 0..5 {
+        instances.push(
+            TestApp::builder("faults-ack-pending")
+                .nats(server.url())
+                .handlers(&["pack_parcel"])
+                .shared_state(Arc::clone(&packed))
+                .start()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    let events: Vec<ParcelPacked> = (0..EVENTS).map(|id| ParcelPacked { id }).collect();
+    let acked = instances[0].publisher().publish_all(&events).await.unwrap();
+    assert_eq!(acked.len() as u32, EVENTS);
+
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let stream = js.get_stream("EDA_EVENTS").await.unwrap();
+    let durable = "faults-ack-pending__pack_parcel";
+    let (mut limit, mut most_pending) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = stream.consumer_info(durable).await.unwrap();
+        limit = info.config.max_ack_pending;
+        most_pending = most_pending.max(info.num_ack_pending);
+        if packed.counts.lock().unwrap().len() as u32 == EVENTS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog did not drain within two minutes: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(limit, 256);
+    assert_eq!(
+        most_pending as i64, limit,
+        "the five instances together reached max_ack_pending"
+    );
+    for instance in &instances {
+        instance.settle().await;
+    }
+    let counts = packed.counts.lock().unwrap().clone();
+    assert_eq!(counts.len() as u32, EVENTS, "nothing lost");
+    assert!(counts.values().all(|&c| c == 1), "each side effect once");
+    assert_eq!(
+        packed.runs.load(Ordering::Relaxed) as u32,
+        EVENTS,
+        "no handler ran twice"
+    );
+    let info = stream.consumer_info(durable).await.unwrap();
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending, info.num_redelivered),
+        (0, 0, 0),
+        "all acked, none redelivered (a message dropped by a client would have been)"
+    );
+    for instance in instances {
+        instance.shutdown().await.unwrap();
+    }
 }
