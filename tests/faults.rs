@@ -213,11 +213,10 @@ async fn fault_23_max_ack_pending_reached_suspends_delivery_and_drops_nothing() 
     let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
     let stream = js.get_stream("EDA_EVENTS").await.unwrap();
     let durable = "faults-ack-pending__pack_parcel";
-    let (mut limit, mut most_pending) = (0, 0);
+    let mut most_pending = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let info = stream.consumer_info(durable).await.unwrap();
-        limit = info.config.max_ack_pending;
         most_pending = most_pending.max(info.num_ack_pending);
         if packed.counts.lock().unwrap().len() as u32 == EVENTS {
             break;
@@ -228,6 +227,12 @@ async fn fault_23_max_ack_pending_reached_suspends_delivery_and_drops_nothing() 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let limit = stream
+        .consumer_info(durable)
+        .await
+        .unwrap()
+        .config
+        .max_ack_pending;
     assert_eq!(limit, 256);
     assert_eq!(
         most_pending as i64, limit,
