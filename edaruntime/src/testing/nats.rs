@@ -425,16 +425,31 @@ impl NatsCluster {
 
     /// Starts node `index` again on its ports and store and waits until it is ready.
     pub fn restart(&mut self, index: usize) -> Result<(), TestServerError> {
-        let Some(node) = self.nodes.get_mut(index) else {
-            return Err(TestServerError::Start(format!(
-                "the cluster has no node {index}"
-            )));
-        };
-        node.kill();
-        node.spawn()?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        node.wait_ready(deadline)?;
-        self.wait_meshed(index, deadline)
+        self.restart_together(&[index])
+    }
+
+    /// Starts the nodes `indices` again at once (a node alone cannot mesh while the others
+    /// are still down) and waits until each is ready with routes to every node.
+    pub fn restart_together(&mut self, indices: &[usize]) -> Result<(), TestServerError> {
+        for &index in indices {
+            let Some(node) = self.nodes.get_mut(index) else {
+                return Err(TestServerError::Start(format!(
+                    "the cluster has no node {index}"
+                )));
+            };
+            node.kill();
+            node.spawn()?;
+        }
+        let deadline = Instant::now() + READY_TIMEOUT * 2;
+        for &index in indices {
+            if let Some(node) = self.nodes.get_mut(index) {
+                node.wait_ready(deadline)?;
+            }
+        }
+        for &index in indices {
+            self.wait_meshed(index, deadline)?;
+        }
+        Ok(())
     }
 
     /// The store directory of node `index`.
