@@ -1203,6 +1203,19 @@ fn per_second(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
+/// `p50 / p99 / max | p50 / p99 / max` in ms of raw's and eda's sorted latencies.
+fn latency_cells(raw: &[u64], eda: &[u64]) -> String {
+    let cell = |l: &[u64]| {
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            percentile(l, 0.5),
+            percentile(l, 0.99),
+            percentile(l, 1.0)
+        )
+    };
+    format!("{} | {}", cell(raw), cell(eda))
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1315,13 +1328,8 @@ async fn main() -> Result<(), BoxError> {
             let r = raw.latency(counts.latency_seconds).await?;
             let e = eda_latency(&url, counts.latency_seconds).await?;
             println!(
-                "{round} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2}",
-                percentile(&r, 0.5),
-                percentile(&r, 0.99),
-                percentile(&r, 1.0),
-                percentile(&e, 0.5),
-                percentile(&e, 0.99),
-                percentile(&e, 1.0),
+                "{round} | {} | {:.2}",
+                latency_cells(&r, &e),
                 percentile(&e, 0.99) / percentile(&r, 0.99)
             );
         }
@@ -1451,15 +1459,7 @@ async fn main() -> Result<(), BoxError> {
         let e = eda_latency(&url, counts.latency_seconds).await?;
         raw_p99.push(percentile(&r, 0.99));
         eda_p99.push(percentile(&e, 0.99));
-        latency_rows.push(format!(
-            "| {round} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
-            percentile(&r, 0.5),
-            percentile(&r, 0.99),
-            percentile(&r, 1.0),
-            percentile(&e, 0.5),
-            percentile(&e, 0.99),
-            percentile(&e, 1.0)
-        ));
+        latency_rows.push(format!("| {round} | {} |", latency_cells(&r, &e)));
         eprintln!("  concurrency, in memory");
         sleep_ms.push(mean_sleep(1000).await.as_secs_f64() * 1e3);
         raw_sleepy.push(per_second(
