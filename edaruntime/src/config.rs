@@ -250,28 +250,30 @@ fn labelled(source: &str, value: &str) -> String {
     }
 }
 
-/// `urls` (one or a comma-separated list) with the password or token of any
-/// `nats://user:password@host` or `nats://token@host` masked, for messages and logs.
+/// `urls` (one or a comma-separated list) with the password or token before every `@` masked
+/// (`nats://user:password@host`, `nats://token@host`, also without a scheme), for messages and
+/// logs. Each `@` masks back to the `://` before it (or the previous `@`, or the start), so a
+/// password holding `/`, `,` or `:` is masked whole; an `@` in a path over-masks, harmlessly.
 pub(crate) fn redacted_url(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| {
-            let Some((scheme, rest)) = url.split_once("://") else {
-                return url.to_owned();
-            };
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                None => url.to_owned(),
-                Some(at) => {
-                    let user = match rest[..at].split_once(':') {
-                        Some((user, _)) => format!("{user}:***"),
-                        None => "***".to_owned(),
-                    };
-                    format!("{scheme}://{user}{}", &rest[at..])
-                }
+    let mut out = String::with_capacity(urls.len());
+    let mut done = 0;
+    for (at, _) in urls.match_indices('@') {
+        let region = &urls[done..at];
+        let start = region.rfind("://").map_or(done, |i| done + i + 3);
+        let secret = &urls[start..at];
+        out.push_str(&urls[done..start]);
+        match secret.split_once(':') {
+            Some((user, _)) => {
+                out.push_str(user);
+                out.push_str(":***");
             }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+            None => out.push_str("***"),
+        }
+        out.push('@');
+        done = at + 1;
+    }
+    out.push_str(&urls[done..]);
+    out
 }
 
 /// An NKey user seed: `SU` and 56 more base32 characters. Checked before connecting so that a
@@ -461,7 +463,21 @@ mod tests {
             "nats://ada:***@h:4222, tls://***@h2:4222,nats://plain:4222"
         );
         assert_eq!(redacted_url("not a url"), "not a url");
-        assert_eq!(redacted_url("nats://h:4222/p@th"), "nats://h:4222/p@th");
+        assert_eq!(redacted_url("ada:pw@h:4222"), "ada:***@h:4222", "no scheme");
+        assert_eq!(
+            redacted_url("nats://u:p/ss@h"),
+            "nats://u:***@h",
+            "a / in the password"
+        );
+        assert_eq!(
+            redacted_url("nats://u:pa,ss@h"),
+            "nats://u:***@h",
+            "a , in the password"
+        );
+        assert_eq!(
+            redacted_url("nats://a:p@h1,nats://h2,nats://tok@h3"),
+            "nats://a:***@h1,nats://h2,nats://***@h3"
+        );
     }
 
     #[test]

@@ -255,8 +255,6 @@ pub(crate) fn outbound<E: Event>(
     })
 }
 
-/// Serializes into a buffer sized like the payloads before it, so that serializing does not
-/// grow the buffer step by step (each step a reallocation and a copy).
 /// The event name `name` as one shared string: every event of a type points at it instead of
 /// owning a copy (freed, per message, on the consumer's thread).
 fn shared_name(name: &'static str) -> Arc<str> {
@@ -273,6 +271,8 @@ fn shared_name(name: &'static str) -> Arc<str> {
     Arc::clone(names.entry(name).or_insert_with(|| name.into()))
 }
 
+/// Serializes into a buffer sized like the payloads before it, so that serializing does not
+/// grow the buffer step by step (each step a reallocation and a copy).
 fn to_json<E: serde::Serialize>(event: &E) -> Result<Vec<u8>, serde_json::Error> {
     static SIZE_HINT: AtomicUsize = AtomicUsize::new(256);
     let hint = SIZE_HINT.load(Ordering::Relaxed);

@@ -98,7 +98,7 @@ impl JetStream {
                     humantime::format_duration(settings.connect_timeout)
                 )))
             }
-            Ok(Err(e)) => return Err(connect_error(url, settings.tls_ca.is_some(), e)),
+            Ok(Err(e)) => return Err(connect_error(url, settings, e)),
             Ok(Ok(client)) => client,
         };
         connected.store(true, Ordering::SeqCst);
@@ -150,30 +150,39 @@ impl JetStream {
 
 /// What to check after a failed TLS handshake, read from rustls' error text (async-nats
 /// reports most handshake failures as I/O errors): `None` if it is not a TLS failure.
-fn tls_hint(error: &str) -> Option<&'static str> {
+fn tls_hint(error: &str, client_cert: bool) -> Option<&'static str> {
     // rustls writes some reasons as words ("certificate expired"), others as names.
     let error = error.to_ascii_lowercase().replace(['_', ' '], "");
     if error.contains("receivedfatalalert") {
         // The server refused the handshake: it checks clients.
-        Some("the server wants a client certificate its CA signed (mutual TLS): set EDA_NATS_TLS_CERT and EDA_NATS_TLS_KEY (or `.nats_tls_client_cert(cert, key)`)")
+        Some(if client_cert && !error.contains("certificaterequired") {
+            "the server refused the client certificate (EDA_NATS_TLS_CERT, EDA_NATS_TLS_KEY): check it is signed by a CA the server trusts and still valid"
+        } else {
+            "the server wants a client certificate its CA signed (mutual TLS): set EDA_NATS_TLS_CERT and EDA_NATS_TLS_KEY (or `.nats_tls_client_cert(cert, key)`)"
+        })
     } else if !error.contains("invalidpeercertificate") {
         None
-    } else if error.contains("expired") || error.contains("notvalidyet") {
-        Some("the server's certificate is expired or not yet valid: renew it")
     } else if error.contains("notvalidforname") {
         Some("the server's certificate is not for the URL's host name: connect by a name the certificate lists")
-    } else {
+    } else if error.contains("certificateexpired")
+        || error.contains("certificate:expired")
+        || error.contains("notvalidyet")
+    {
+        Some("the server's certificate is expired or not yet valid: renew it")
+    } else if error.contains("unknownissuer") || error.contains("badsignature") {
         Some("the server's certificate is not signed by a trusted CA: set EDA_NATS_TLS_CA (or `.nats_tls_ca(path)`) to the CA that signed it")
+    } else {
+        Some("the server's certificate was refused: check it against EDA_NATS_TLS_CA")
     }
 }
 
-fn connect_error(url: &str, with_ca: bool, error: async_nats::ConnectError) -> Error {
+fn connect_error(url: &str, settings: &NatsSettings, error: async_nats::ConnectError) -> Error {
     use async_nats::ConnectErrorKind as Kind;
     let text = error.to_string();
-    let tls = matches!(error.kind(), Kind::Tls) || tls_hint(&text).is_some();
-    if tls {
-        let message = if with_ca {
-            let hint = tls_hint(&text).unwrap_or(
+    let hint = tls_hint(&text, settings.tls_client_cert.is_some());
+    if matches!(error.kind(), Kind::Tls) || hint.is_some() {
+        let message = if settings.tls_ca.is_some() {
+            let hint = hint.unwrap_or(
                 "check EDA_NATS_TLS_CA, the client certificate (EDA_NATS_TLS_CERT, EDA_NATS_TLS_KEY) and the URL's host name",
             );
             format!("TLS with the NATS server at `{url}` failed ({error}): {hint}")
@@ -191,4 +200,31 @@ fn connect_error(url: &str, with_ca: bool, error: async_nats::ConnectError) -> E
         _ => (ErrorKind::Connect, format!("cannot connect to NATS at `{url}`: {error}; is nats-server running there?")),
     };
     Error::with_source(kind, message, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tls_hint;
+
+    #[test]
+    fn tls_failures_are_told_apart_by_rustls_text() {
+        let cases = [
+            ("IO error: invalid peer certificate: UnknownIssuer", false, "not signed by a trusted CA"),
+            ("IO error: invalid peer certificate: BadSignature", false, "not signed by a trusted CA"),
+            ("IO error: invalid peer certificate: certificate expired: verification time 1796224201 (UNIX), but certificate is not valid after 1609459200 (186765001 seconds ago)", false, "expired or not yet valid"),
+            ("IO error: invalid peer certificate: certificate not valid for name \"expired.example\"; certificate is only valid for DnsName(\"other\")", false, "not for the URL's host name"),
+            ("IO error: invalid peer certificate: Revoked", false, "was refused: check it against EDA_NATS_TLS_CA"),
+            ("IO error: received fatal alert: BadCertificate", false, "wants a client certificate"),
+            ("IO error: received fatal alert: BadCertificate", true, "refused the client certificate"),
+            ("IO error: received fatal alert: CertificateRequired", true, "wants a client certificate"),
+        ];
+        for (error, client_cert, hint) in cases {
+            let got = tls_hint(error, client_cert).unwrap_or_default();
+            assert!(
+                got.contains(hint),
+                "{error} (client cert {client_cert}): {got}"
+            );
+        }
+        assert_eq!(tls_hint("IO error: connection refused", false), None);
+    }
 }
