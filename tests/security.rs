@@ -312,3 +312,34 @@ fn secrets_never_appear_in_debug_output_or_url_errors() {
     );
     assert!(!message.contains("pa55word"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_written_in_the_url_are_sent_and_never_printed() {
+    let server = NatsServer::start_with_args(&["--user", "ada", "--pass", "p@ss/w:rd"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = server.port();
+    works(builder(|b| {
+        b.nats(format!("nats://ada:p%40ss%2Fw%3Ard@127.0.0.1:{port}"))
+    }))
+    .await;
+    let message = fails(builder(|b| {
+        b.nats(format!("nats://ada:wr0ng-secret@127.0.0.1:{port}"))
+    }))
+    .await;
+    assert!(message.contains("rejected the credentials"), "{message}");
+    assert!(!message.contains("wr0ng-secret"), "{message}");
+    assert!(message.contains("nats://ada:***@127.0.0.1"), "{message}");
+    // Credentials set in code win over the URL's.
+    works(builder(|b| {
+        b.nats(format!("nats://ada:wr0ng-secret@127.0.0.1:{port}"))
+            .nats_user_password("ada", "p@ss/w:rd")
+    }))
+    .await;
+
+    let server =
+        NatsServer::start_with_args(&["--auth", "t0ken-in-url"]).unwrap_or_else(|e| panic!("{e}"));
+    works(builder(|b| {
+        b.nats(format!("nats://t0ken-in-url@127.0.0.1:{}", server.port()))
+    }))
+    .await;
+}

@@ -50,6 +50,8 @@ pub(crate) const MAX_ERROR_LEN: usize = 1024;
 
 mod cloudevents;
 
+pub(crate) use cloudevents::percent_decoded;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -150,8 +150,17 @@ fn unescaped(value: &str) -> Option<Cow<'_, str>> {
         }
         None => Cow::Borrowed(value),
     };
+    match unquoted {
+        Cow::Borrowed(value) => percent_decoded(value),
+        Cow::Owned(value) => percent_decoded(&value).map(|v| Cow::Owned(v.into_owned())),
+    }
+}
+
+/// One round of percent-decoding; `None` when a `%` is not followed by two hex digits, the
+/// result is not valid UTF-8 or holds a control character.
+pub(crate) fn percent_decoded(unquoted: &str) -> Option<Cow<'_, str>> {
     if !unquoted.contains('%') {
-        return Some(unquoted);
+        return Some(Cow::Borrowed(unquoted));
     }
     let bytes = unquoted.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());

@@ -21,7 +21,7 @@ impl JetStream {
         service: &str,
     ) -> Result<JetStream, Error> {
         let url = &crate::config::redacted_url(&settings.url);
-        let addresses = settings
+        let parsed = settings
             .url
             .split(',')
             .map(|u| u.trim().parse::<ServerAddr>())
@@ -33,6 +33,7 @@ impl JetStream {
                     e,
                 )
             })?;
+        let (addresses, url_auth) = without_credentials(parsed, url)?;
         let connected = Arc::new(AtomicBool::new(false));
         let reconnects = Arc::new(AtomicU64::new(0));
         let mut options = async_nats::ConnectOptions::new()
@@ -67,7 +68,14 @@ impl JetStream {
                 }
             });
         options = match &settings.auth {
-            NatsAuth::None => options,
+            // Credentials written in the URL, used only when no other credentials are set.
+            NatsAuth::None => match url_auth {
+                Some(UrlAuth::UserPassword(user, password)) => {
+                    options.user_and_password(user, password)
+                }
+                Some(UrlAuth::Token(token)) => options.token(token),
+                None => options,
+            },
             NatsAuth::UserPassword { user, password } => {
                 options.user_and_password(user.clone(), password.clone())
             }
@@ -146,6 +154,57 @@ impl JetStream {
             reconnects,
         })
     }
+}
+
+/// Credentials written in a server URL.
+enum UrlAuth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The addresses with their credentials taken out (async-nats does not send a URL's
+/// credentials, and its debug log prints the addresses), and the first address's credentials.
+fn without_credentials(
+    addresses: Vec<ServerAddr>,
+    url: &str,
+) -> Result<(Vec<ServerAddr>, Option<UrlAuth>), Error> {
+    let unreadable = || {
+        Error::new(
+            ErrorKind::Config,
+            format!("the credentials in the NATS URL `{url}` are not valid percent-encoding"),
+        )
+    };
+    let mut auth = None;
+    let mut stripped = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        if !address.has_user_pass() {
+            stripped.push(address);
+            continue;
+        }
+        let decode = |s: &str| {
+            crate::wire::percent_decoded(s)
+                .map(|v| v.into_owned())
+                .ok_or_else(unreadable)
+        };
+        let user = decode(address.username().unwrap_or_default())?;
+        let found = match address.password() {
+            Some(password) => UrlAuth::UserPassword(user, decode(password)?),
+            None => UrlAuth::Token(user),
+        };
+        auth.get_or_insert(found);
+        let mut bare = address.into_inner();
+        // Both only fail for URLs that cannot have credentials, and this one had them.
+        let _ = bare.set_username("");
+        let _ = bare.set_password(None);
+        stripped.push(ServerAddr::from_url(bare).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("cannot parse NATS URL `{url}`: {e}"),
+                e,
+            )
+        })?);
+    }
+    Ok((stripped, auth))
 }
 
 /// What to check after a failed TLS handshake, read from rustls' error text (async-nats
