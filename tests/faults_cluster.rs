@@ -63,14 +63,29 @@ async fn fault_20_two_of_three_nodes_down_publishes_fail_as_errors_and_nothing_a
     let posted = Arc::new(Posted::default());
     // Connected to the first node only, which stays up: the outage is the quorum's, not the
     // connection's.
-    let app = TestApp::builder("faults-cluster")
-        .nats(cluster.node_url(0).unwrap())
-        .configure(|b| b.ack_wait(Duration::from_secs(2)).stream_replicas(3))
-        .shared_state(Arc::clone(&posted))
-        .handlers(&["post_entry"])
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("the app starts on the cluster: {e}"));
+    // A freshly meshed cluster may not yet count every node as a JetStream peer ("no suitable
+    // peers for placement"): the start is retried until the placement succeeds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let app = loop {
+        let started = TestApp::builder("faults-cluster")
+            .nats(cluster.node_url(0).unwrap())
+            .configure(|b| b.ack_wait(Duration::from_secs(2)).stream_replicas(3))
+            .shared_state(Arc::clone(&posted))
+            .handlers(&["post_entry"])
+            .start()
+            .await;
+        match started {
+            Ok(app) => break app,
+            Err(e) if e.to_string().contains("no suitable peers") => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the cluster never placed a stream on three peers: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the app starts on the cluster: {e}"),
+        }
+    };
     let mut acked = publish_until_stored(&app, 0..100).await;
 
     cluster.stop(1);
