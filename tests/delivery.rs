@@ -470,6 +470,68 @@ async fn idem_always(event: OrderPlaced, seen: State<Seen>) {
     seen.record(event.id);
 }
 
+/// Slow enough that a second copy of its event arrives while it runs, on the second slot.
+#[handler(idempotent = "claim", concurrency = 2, timeout = "2s")]
+async fn idem_claim(event: OrderPlaced, seen: State<Seen>) {
+    seen.record(event.id);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// The same without a claim: both copies are looked up before either is recorded.
+#[handler(idempotent = "always", concurrency = 2, timeout = "2s")]
+async fn idem_always_slow(event: OrderPlaced, seen: State<Seen>) {
+    seen.record(event.id + 100);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// FAULTS #9/#10: two holders of one event at once. With `claim`, the second hands its copy
+/// back while the first runs, and then finds it processed; with `always` alone both run.
+async fn a_claim_lets_one_of_two_holders_run_an_event(rig: Rig) {
+    let seen = Arc::new(Seen::default());
+    let window = Duration::from_millis(100);
+    let app = match &rig {
+        Rig::Memory(_) => TestApp::builder("idem-claim")
+            .broker(MemoryBroker::new().with_duplicate_window(Duration::ZERO)),
+        Rig::Nats(_) => rig.app("idem-claim").configure(|b| {
+            let mut topology = Topology::default();
+            topology.duplicate_window = window;
+            topology.ack_wait = Duration::from_secs(1);
+            b.topology(topology)
+        }),
+    };
+    let app = app
+        .shared_state(Arc::clone(&seen))
+        .handlers(&["idem_claim", "idem_always_slow"])
+        .start()
+        .await
+        .unwrap();
+    let options = || PublishOptions::default().id("order-7-claimed");
+    app.publisher()
+        .publish_with(&OrderPlaced { id: 7 }, options())
+        .await
+        .unwrap();
+    // Past the duplicate window, while the first copy's handlers still run.
+    tokio::time::sleep(window * 2).await;
+    app.publisher()
+        .publish_with(&OrderPlaced { id: 7 }, options())
+        .await
+        .unwrap();
+    app.settle().await;
+    assert_eq!(
+        seen.ids(),
+        [7, 107, 107],
+        "the claimed handler ran once, the unclaimed one twice"
+    );
+    let claimed = app.stats("idem_claim");
+    assert_eq!(
+        (claimed.handled, claimed.retried, claimed.duplicates),
+        (1, 0, 1),
+        "the second copy waited for the claim, then was a duplicate"
+    );
+    let unclaimed = app.stats("idem_always_slow");
+    assert_eq!((unclaimed.handled, unclaimed.duplicates), (2, 0));
+}
+
 async fn a_redelivered_processed_event_is_not_handled_twice(rig: Rig) {
     let seen = Arc::new(Seen::default());
     let app = start(&rig, "idem-redelivered", &seen, &["idem_redelivered"]).await;
@@ -903,6 +965,7 @@ on_both_transports!(
     a_redelivered_processed_event_is_not_handled_twice,
     with_idempotency_off_a_redelivered_event_is_handled_again,
     always_mode_catches_republished_ids_outside_the_duplicate_window,
+    a_claim_lets_one_of_two_holders_run_an_event,
     the_duplicate_window_drops_a_republished_id,
     a_panic_is_isolated_to_its_message,
     a_handler_past_its_timeout_is_retried_then_dead_lettered,

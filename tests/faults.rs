@@ -259,3 +259,113 @@ async fn fault_23_max_ack_pending_reached_suspends_delivery_and_drops_nothing() 
         instance.shutdown().await.unwrap();
     }
 }
+
+// ---- FAULTS #9: the ack wait runs out while the first holder still runs ---------------------
+
+#[event("label.printed")]
+pub struct LabelPrinted {
+    pub id: u32,
+}
+
+/// Runs of the label printer per id.
+#[derive(Default)]
+pub struct Printed {
+    runs: Mutex<HashMap<u32, u32>>,
+    stalled_attempt_done: std::sync::atomic::AtomicBool,
+}
+
+impl Printed {
+    fn total(&self) -> u32 {
+        self.runs.lock().unwrap().values().sum()
+    }
+}
+
+/// The first attempt blocks its task for 3 s (a CPU-bound stretch, a stalled worker): no
+/// in-progress ack goes out, the 1 s ack wait runs out, and the broker redelivers
+/// the message to the instance's other slot while this attempt still runs.
+fn print_label(attempt: u32, event: &LabelPrinted, printed: &Printed) {
+    if attempt == 1 {
+        // `block_in_place`: the task stalls, the rest of the executor (the consume loop, the
+        // other slot) moves to another thread and goes on.
+        tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(3)));
+    }
+    *printed.runs.lock().unwrap().entry(event.id).or_default() += 1;
+    if attempt == 1 {
+        printed.stalled_attempt_done.store(true, Ordering::SeqCst);
+    }
+}
+
+#[handler(
+    service = "faults-claim",
+    idempotent = "claim",
+    concurrency = 2,
+    timeout = "6s"
+)]
+async fn print_label_claimed(event: LabelPrinted, ctx: Context, printed: State<Printed>) {
+    print_label(ctx.attempt(), &event, &printed);
+}
+
+#[handler(service = "faults-unclaimed", concurrency = 2, timeout = "6s")]
+async fn print_label_unclaimed(event: LabelPrinted, ctx: Context, printed: State<Printed>) {
+    print_label(ctx.attempt(), &event, &printed);
+}
+
+/// The stalled first holder and the redelivery on the other slot; returns the runs and how
+/// often the broker delivered the message.
+async fn stall_first_holder(service: &str, handler: &str) -> (u32, u64) {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let printed = Arc::new(Printed::default());
+    let app = TestApp::builder(service)
+        .nats(server.url())
+        .handlers(&[handler])
+        .shared_state(Arc::clone(&printed))
+        .configure(|b| b.ack_wait(Duration::from_secs(1)))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    app.publish(&LabelPrinted { id: 1 }).await.unwrap();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let stream = js.get_stream("EDA_EVENTS").await.unwrap();
+    let durable = format!("{service}__{handler}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        let info = stream.consumer_info(&durable).await.unwrap();
+        let settled = printed.stalled_attempt_done.load(Ordering::SeqCst)
+            && info.num_ack_pending == 0
+            && info.num_pending == 0;
+        if settled {
+            break info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled within a minute: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The first holder's late ack is in; whatever the second one does after it has had its
+    // chance to run (its hand-back, if any, waits 5 s and then meets an acked message).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.shutdown().await.unwrap();
+    (printed.total(), info.delivered.consumer_sequence)
+}
+
+/// FAULTS #9 with `idempotent = "claim"`: the second holder finds the first one's claim and
+/// hands the message back; the first one's late ack is accepted. The side effect runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_09_ack_wait_expires_under_a_stalled_holder_and_the_claim_runs_it_once() {
+    let (runs, deliveries) = stall_first_holder("faults-claim", "print_label_claimed").await;
+    assert!(
+        deliveries >= 2,
+        "the broker redelivered while the first holder stalled ({deliveries} deliveries)"
+    );
+    assert_eq!(runs, 1, "the claim kept the second holder from running it");
+}
+
+/// The same fault without a claim: the redelivery runs the side effect a second time (what
+/// `claim` is for; the processed-id record alone cannot stop it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_09_without_a_claim_a_stalled_holder_s_event_runs_twice() {
+    let (runs, deliveries) = stall_first_holder("faults-unclaimed", "print_label_unclaimed").await;
+    assert!(deliveries >= 2, "{deliveries} deliveries");
+    assert_eq!(runs, 2, "both holders ran it");
+}

@@ -28,6 +28,15 @@ pub enum Found {
     DeadLettered,
 }
 
+/// What taking an in-progress claim came to ([`Idempotency::Claim`](crate::handler::Idempotency::Claim)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker holds the claim: it runs the handler.
+    Taken,
+    /// Another worker holds it for this long still: hand the message back for that long.
+    HeldFor(Duration),
+}
+
 /// The store failed. After a successful handler delivery retries the record in place;
 /// before the handler, a failed look-up is a failed attempt (nak with backoff).
 #[derive(Debug)]
@@ -85,6 +94,12 @@ pub trait IdempotencyStore: Send + Sync + fmt::Debug + 'static {
     fn record_hand_back<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
     /// How many hand-backs of `key`'s message were counted.
     fn hand_backs<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u32, StoreError>>;
+    /// Takes the in-progress claim `key` for `ttl`, atomically: of two workers asking at
+    /// once, one gets [`Claim::Taken`]. A claim past its `ttl` (its holder died) is taken over.
+    fn claim<'a>(&'a self, key: &'a str, ttl: Duration)
+        -> BoxFuture<'a, Result<Claim, StoreError>>;
+    /// Gives the claim `key` up (the attempt failed: the next one may take it at once).
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// An in-process store that forgets ids after a TTL (24 h by default, like `EDA_PROCESSED`).
@@ -98,6 +113,7 @@ pub struct MemoryStore {
 struct Entries {
     by_key: HashMap<String, (Instant, Found)>,
     hand_backs: HashMap<String, u32>,
+    claims: HashMap<String, Instant>,
     order: VecDeque<(Instant, String)>,
 }
 
@@ -126,6 +142,7 @@ impl MemoryStore {
                 }
             }
         }
+        entries.claims.retain(|_, until| *until > now);
         Ok(f(&mut entries))
     }
 }
@@ -177,6 +194,32 @@ impl IdempotencyStore for MemoryStore {
         let count = self.with_entries(|e| e.hand_backs.get(key).copied().unwrap_or(0));
         Box::pin(async move { count })
     }
+
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        // Expired claims were dropped by `with_entries`: one still here is held.
+        let claimed = self.with_entries(|e| {
+            let now = Instant::now();
+            match e.claims.get(key) {
+                Some(until) => Claim::HeldFor(until.saturating_duration_since(now)),
+                None => {
+                    e.claims.insert(key.to_owned(), now + ttl);
+                    Claim::Taken
+                }
+            }
+        });
+        Box::pin(async move { claimed })
+    }
+
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let released = self.with_entries(|e| {
+            e.claims.remove(key);
+        });
+        Box::pin(async move { released })
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +240,29 @@ mod tests {
         assert_eq!(
             store.lookup("s.h.2").await.unwrap(),
             Some(Found::DeadLettered)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_is_held_until_released_or_expired() {
+        let store = MemoryStore::default();
+        let ttl = Duration::from_secs(60);
+        assert_eq!(store.claim("c", ttl).await.unwrap(), Claim::Taken);
+        match store.claim("c", ttl).await.unwrap() {
+            Claim::HeldFor(left) => assert!(left > Duration::from_secs(50), "{left:?}"),
+            other => panic!("a second claim was {other:?}"),
+        }
+        store.release("c").await.unwrap();
+        assert_eq!(store.claim("c", ttl).await.unwrap(), Claim::Taken);
+        assert_eq!(
+            store.claim("d", Duration::from_millis(10)).await.unwrap(),
+            Claim::Taken
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            store.claim("d", ttl).await.unwrap(),
+            Claim::Taken,
+            "taken over"
         );
     }
 

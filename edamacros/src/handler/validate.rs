@@ -9,7 +9,7 @@ use crate::names;
 /// Backoff kinds, as the runtime's `Backoff` variants.
 pub(crate) const BACKOFFS: &[&str] = &["fixed", "linear", "exponential"];
 /// Idempotency modes, as the runtime's `Idempotency` variants.
-pub(crate) const IDEMPOTENCY: &[&str] = &["redelivered", "always", "off"];
+pub(crate) const IDEMPOTENCY: &[&str] = &["redelivered", "always", "claim", "off"];
 /// Start policies, as the runtime's `Start` variants.
 pub(crate) const STARTS: &[&str] = &["new", "all"];
 

@@ -36,6 +36,11 @@ impl Names {
         format!("back.{idempotency_key}")
     }
 
+    /// `claim.<idempotency key>`: the in-progress claim of `idempotent = "claim"`.
+    pub(crate) fn claim_key(idempotency_key: &str) -> String {
+        format!("claim.{idempotency_key}")
+    }
+
     /// `dlq.<idempotency key>`: where the decision to dead-letter an event is recorded (read
     /// only for redeliveries of the same message, whose terminate was not confirmed).
     pub(crate) fn dead_letter_key(idempotency_key: &str) -> String {

@@ -21,7 +21,7 @@ use crate::handler::{
     Backoff, BackoffPolicy, Context, Failure, HandlerDescriptor, HandlerOptions, Idempotency,
     Invocation, Scope,
 };
-use crate::idempotency::{Found, IdempotencyStore, Recorded};
+use crate::idempotency::{Claim, Found, IdempotencyStore, Recorded};
 use crate::observe::{self, HandlerMetrics};
 use crate::port::{Acknowledge, Delivery, Transport};
 use crate::random;
@@ -32,6 +32,13 @@ pub(crate) const DLQ_RETRY_LIMIT: Duration = Duration::from_secs(30);
 /// The nak delay of a message whose dead letter could not be stored for [`DLQ_RETRY_LIMIT`]:
 /// long, so that a missing or full dead-letter stream does not turn into a busy loop.
 pub(crate) const DLQ_FAILING_DELAY: Duration = Duration::from_secs(60);
+
+/// How much longer than the handler's timeout a claim holds (the id's record after a success
+/// takes place inside it), and how long after a claim's end its other holder looks again.
+const CLAIM_MARGIN: Duration = Duration::from_secs(2);
+/// The longest a message whose claim another worker holds waits before it looks again (the
+/// holder usually finishes well before its timeout).
+const CLAIM_RECHECK: Duration = Duration::from_secs(5);
 
 /// Retries of a store write or a dead-letter publish in place: 100 ms doubling to 5 s.
 const IN_PLACE: BackoffPolicy = BackoffPolicy {
@@ -107,9 +114,13 @@ enum Processed {
     Decided(Decision),
     /// A record says the event was dead-lettered already: terminate it again.
     AlreadyDeadLettered,
-    /// A half-open breaker's probe failed: the outage's failure, not the message's. Handed
-    /// back with this delay, not counted as an attempt.
-    ProbeFailed(Duration),
+    /// Handed back with `delay`, not counted as an attempt: a half-open breaker's probe
+    /// failed (the outage's failure, not the message's), or another worker holds the event's
+    /// claim.
+    HandBack {
+        delay: Duration,
+        why: &'static str,
+    },
 }
 
 impl HandlerRuntime {
@@ -198,8 +209,8 @@ impl HandlerRuntime {
             .await;
         let decision = match processed {
             Processed::Decided(decision) => decision,
-            Processed::ProbeFailed(delay) => {
-                tracing::warn!(delay = ?delay, "the breaker's probe failed; handing the message back (not counted as an attempt)");
+            Processed::HandBack { delay, why } => {
+                tracing::warn!(delay = ?delay, "{why}; handing the message back (not counted as an attempt)");
                 let key = self.hand_back_key(&raw.metadata().id, epoch.as_deref());
                 self.count_hand_back(&key).await;
                 self.metrics.handed_back().increment(1);
@@ -408,7 +419,7 @@ impl HandlerRuntime {
             return Processed::Decided(decide(&outcome, attempt, options, random::unit()));
         }
         let look_up = match options.idempotent {
-            Idempotency::Always => true,
+            Idempotency::Always | Idempotency::Claim => true,
             Idempotency::Redelivered => redelivered,
             Idempotency::Off => false,
         };
@@ -430,6 +441,54 @@ impl HandlerRuntime {
                 }
             }
         }
+        let claim_key = match (options.idempotent, key) {
+            (Idempotency::Claim, Some(key)) => Some(Names::claim_key(key)),
+            _ => None,
+        };
+        if let Some(claim_key) = &claim_key {
+            match self
+                .store
+                .claim(claim_key, options.timeout + CLAIM_MARGIN)
+                .await
+            {
+                Ok(Claim::Taken) => {}
+                Ok(Claim::HeldFor(left)) => {
+                    return Processed::HandBack {
+                        delay: (left + CLAIM_MARGIN).min(CLAIM_RECHECK),
+                        why: "another worker is handling this event",
+                    }
+                }
+                Err(e) => {
+                    return Processed::Decided(Decision::Retry {
+                        delay: backoff_delay(&options.backoff, attempt, random::unit()),
+                        error: format!("idempotency store (claim): {e}"),
+                    });
+                }
+            }
+        }
+        let processed = self.attempt(raw, key, permit, probe).await;
+        if let Some(claim_key) = &claim_key {
+            // A failed attempt gives its claim up, so that its retry (on any worker) can take
+            // it at once; a success keeps it (the processed record decides from now on).
+            if !matches!(processed, Processed::Decided(Decision::Ack)) {
+                if let Err(e) = self.store.release(claim_key).await {
+                    tracing::debug!(error = %e, "cannot give the claim up; the retry waits until it expires");
+                }
+            }
+        }
+        processed
+    }
+
+    /// Runs the handler once and decides, recording the id of a success.
+    async fn attempt(
+        &self,
+        raw: RawEvent,
+        key: Option<&str>,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        probe: Option<Probe>,
+    ) -> Processed {
+        let options = self.options();
+        let attempt = raw.attempt();
         // The clock is read for the breaker's slow-call rule only.
         let started = self.breaker.as_ref().map(|_| tokio::time::Instant::now());
         let outcome = self.run(raw).await;
@@ -442,7 +501,10 @@ impl HandlerRuntime {
                     if let (Some(delay), false) =
                         (probe.finish(now, call), matches!(outcome, Outcome::Success))
                     {
-                        return Processed::ProbeFailed(delay);
+                        return Processed::HandBack {
+                            delay,
+                            why: "the breaker's probe failed",
+                        };
                     }
                 }
                 None => breaker.record(now, call),

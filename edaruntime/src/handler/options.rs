@@ -42,6 +42,14 @@ pub enum Idempotency {
     /// Look up every message (covers producers that republish outside the broker's
     /// duplicate window).
     Always,
+    /// As `Always`, and an in-progress claim is taken before the handler runs (expiring
+    /// just after the handler's timeout), so two holders of one event never both run it: the
+    /// second hands its message back until the first has finished (then it is a duplicate)
+    /// or failed. For handlers whose side effect must not run twice even while the broker
+    /// redelivers a message that is still being handled (a stalled or partitioned worker,
+    /// the same event published twice outside the duplicate window). Costs two more store
+    /// writes per message.
+    Claim,
     /// No look-up, no record.
     Off,
 }

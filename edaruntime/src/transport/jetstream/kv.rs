@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::provision::BUCKET;
 use super::JetStream;
 use crate::error::{Error, ErrorKind};
-use crate::idempotency::{Found, IdempotencyStore, Recorded, StoreError};
+use crate::idempotency::{Claim, Found, IdempotencyStore, Recorded, StoreError};
 use crate::registry;
 
 /// The value of a key whose event was dead-lettered (a processed id's value is empty).
@@ -159,6 +160,62 @@ impl IdempotencyStore for KvStore {
                 .map(|_| ())
         })
     }
+
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            // The value is the claim's end in Unix milliseconds: buckets have one max age for
+            // every key (per-key TTLs need nats-server 2.11), so expiry is read, not enforced.
+            let now = unix_millis(SystemTime::now());
+            let until = Bytes::from((now + ttl.as_millis() as u64).to_string());
+            if self.create(key, until.clone()).await? == Recorded::Created {
+                return Ok(Claim::Taken);
+            }
+            let held = self
+                .bucket
+                .entry(kv_key(key))
+                .await
+                .map_err(|e| StoreError::new(format!("cannot read the claim `{key}`"), e))?;
+            let Some(held) = held else {
+                // Gone between the two calls (expired with the bucket's max age).
+                return Ok(Claim::HeldFor(Duration::ZERO));
+            };
+            let held_until = std::str::from_utf8(&held.value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            if held_until > now {
+                return Ok(Claim::HeldFor(Duration::from_millis(held_until - now)));
+            }
+            // Expired (its holder stopped or stalled past its timeout): taken over, unless
+            // another worker takes it over first.
+            match self.bucket.update(kv_key(key), until, held.revision).await {
+                Ok(_) => Ok(Claim::Taken),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    Ok(Claim::HeldFor(ttl))
+                }
+                Err(e) => Err(StoreError::new(format!("cannot take over `{key}`"), e)),
+            }
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.bucket
+                .delete(kv_key(key))
+                .await
+                .map_err(|e| StoreError::new(format!("cannot give up `{key}`"), e))
+        })
+    }
+}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl KvStore {
