@@ -4,7 +4,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -193,10 +193,22 @@ impl Metadata {
         }
     }
 
-    /// The event time as RFC 3339 (UTC, milliseconds).
+    /// The event time as RFC 3339 (UTC, milliseconds); a time outside 1970–9999 (which
+    /// RFC 3339 cannot write) is written as the nearest end of that range.
     pub fn time_rfc3339(&self) -> String {
-        humantime::format_rfc3339_millis(self.time).to_string()
+        let time = self.time.clamp(SystemTime::UNIX_EPOCH, latest_writable_time());
+        humantime::format_rfc3339_millis(time).to_string()
     }
+}
+
+/// 9999-12-31T23:59:59.999Z, the last time RFC 3339 writes.
+pub(crate) fn latest_writable_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(253_402_300_799_999)
+}
+
+/// Whether RFC 3339 can write `time` (1970 to 9999).
+pub(crate) fn is_writable_time(time: SystemTime) -> bool {
+    (SystemTime::UNIX_EPOCH..=latest_writable_time()).contains(&time)
 }
 
 /// Any event, undecoded: for wildcard handlers (`#[handler("payment.*")]`).
@@ -362,6 +374,20 @@ fn version_error<E: Event>(version: u32) -> DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_rfc3339_cannot_write_are_written_as_the_nearest_end() {
+        let at = |time| {
+            let mut metadata = Metadata::new("e", 1, "s");
+            metadata.time = time;
+            metadata.time_rfc3339()
+        };
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(60);
+        assert_eq!(at(before), "1970-01-01T00:00:00.000Z");
+        let after = latest_writable_time() + Duration::from_secs(3600);
+        assert_eq!(at(after), "9999-12-31T23:59:59.999Z");
+        assert!(!is_writable_time(before) && !is_writable_time(after));
+    }
 
     #[test]
     fn fingerprint_ignores_key_order_and_title() {

@@ -49,6 +49,8 @@ pub const DLQ_PAYLOAD_CUT: &str = "Eda-Dlq-Payload-Cut";
 pub(crate) const MAX_ERROR_LEN: usize = 1024;
 
 mod cloudevents;
+#[cfg(test)]
+mod fuzz;
 
 pub(crate) use cloudevents::percent_decoded;
 
@@ -236,6 +238,8 @@ impl<'h> Read<'h> {
             .time
             .get()
             .and_then(parse_time)
+            // Only what `humantime` writes again (1970 to 9999): a dead letter keeps the time.
+            .filter(|t| crate::event::is_writable_time(*t))
             .or(stored)
             .unwrap_or_else(SystemTime::now);
         let id_from_header = self.id.0.is_some();

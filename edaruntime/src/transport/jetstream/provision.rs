@@ -110,7 +110,7 @@ impl JetStream {
         let mut problems = Vec::new();
         if !config.subjects.iter().any(|s| s == subject) {
             problems.push(format!(
-                "stream `{name}` exists with subjects {:?}, but eda needs `{subject}` in `subjects`: edit the stream, or choose another name with `.stream_name(..)`",
+                "stream `{name}` exists with subjects {:?}, but eda needs `{subject}` in `subjects`: edit the stream, or give eda other stream names with `.topology(..)`",
                 config.subjects
             ));
         }
