@@ -196,7 +196,9 @@ impl Metadata {
     /// The event time as RFC 3339 (UTC, milliseconds); a time outside 1970–9999 (which
     /// RFC 3339 cannot write) is written as the nearest end of that range.
     pub fn time_rfc3339(&self) -> String {
-        let time = self.time.clamp(SystemTime::UNIX_EPOCH, latest_writable_time());
+        let time = self
+            .time
+            .clamp(SystemTime::UNIX_EPOCH, latest_writable_time());
         humantime::format_rfc3339_millis(time).to_string()
     }
 }
