@@ -164,6 +164,23 @@ pub(crate) fn path(key: &Ident, value: &Expr, cx: &mut Ctxt) -> Option<Path> {
     }
 }
 
+/// Reads `key = [TypeA, path::TypeB]`: a list of type paths (may be empty).
+pub(crate) fn paths(key: &Ident, value: &Expr, cx: &mut Ctxt) -> Option<Vec<Path>> {
+    let message = format!("`{key}` takes a list of event types, e.g. `{key} = [WelcomeSent]`");
+    let Expr::Array(array) = value else {
+        cx.error_spanned_by(value, message);
+        return None;
+    };
+    let mut paths = Vec::new();
+    for element in &array.elems {
+        match element {
+            Expr::Path(p) if p.qself.is_none() => paths.push(p.path.clone()),
+            _ => cx.error_spanned_by(element, &message),
+        }
+    }
+    Some(paths)
+}
+
 /// Reads `crate = "path"`.
 pub(crate) fn crate_path(key: &Ident, value: &Expr, cx: &mut Ctxt) -> Option<Path> {
     let lit = string(key, value, cx)?;

@@ -14,11 +14,13 @@ use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology, Wir
 use crate::delivery::{HandlerRuntime, HandlerStats};
 use crate::dlq::DeadLetter;
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
 use crate::handler::{HandlerDescriptor, Scope, StateMap};
 use crate::lifecycle::{self, Lifecycle};
 use crate::observe::{self, Readiness};
 use crate::publish::Publisher;
 use crate::registry::{self, Catalog};
+use crate::transport::jetstream::permissions::{permissions_for, Permissions};
 use crate::transport::memory::MemoryBroker;
 
 pub use crate::lifecycle::wait_for_signal;
@@ -48,6 +50,7 @@ pub struct App {
     metrics_addr: Option<SocketAddr>,
     breakers: Vec<(String, BreakerConfig)>,
     tripped: Vec<String>,
+    emits: Vec<&'static str>,
 }
 
 impl App {
@@ -65,6 +68,7 @@ impl App {
             metrics_addr: None,
             breakers: Vec::new(),
             tripped: Vec::new(),
+            emits: Vec::new(),
         }
     }
 
@@ -76,6 +80,25 @@ impl App {
     /// The service name.
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// The NATS permissions this service needs as configured: its handlers' consumers, the
+    /// events they declare with `emits = [..]` and those declared with
+    /// [`AppBuilder::emits`], its dead letters and records, on its topology (see
+    /// [`permissions`](crate::permissions)).
+    pub fn permissions(&self) -> Permissions {
+        let topology = match &self.transport {
+            BackendChoice::Nats(settings) => settings.topology.clone(),
+            BackendChoice::Memory(_) => Topology::default(),
+        };
+        let only: Vec<&'static str> = self.handlers.iter().map(|h| h.name).collect();
+        permissions_for(
+            &registry::catalog(),
+            &self.service,
+            &topology,
+            Some(&only),
+            &self.emits,
+        )
     }
 
     /// Names of the handlers this app runs.
@@ -115,6 +138,7 @@ impl App {
         for descriptor in &self.handlers {
             let scope = Arc::new(Scope {
                 handler: descriptor.name.to_owned(),
+                emits: descriptor.emits,
                 publisher: publisher.clone(),
                 states: self.states.clone(),
             });
@@ -218,6 +242,7 @@ pub struct AppBuilder {
     metrics_addr: Option<String>,
     breakers: Vec<(String, BreakerConfig)>,
     tripped: Vec<String>,
+    emits: Vec<&'static str>,
 }
 
 impl AppBuilder {
@@ -402,6 +427,14 @@ impl AppBuilder {
         self
     }
 
+    /// Declares that this service publishes `E` outside its handlers (through
+    /// [`RunningApp::publisher`]), for [`App::permissions`]. Handlers declare theirs with
+    /// `#[handler(emits = [..])]`.
+    pub fn emits<E: Event>(mut self) -> Self {
+        self.emits.push(E::NAME);
+        self
+    }
+
     /// Discovers this service's handlers and checks everything; every problem is reported at
     /// once, one line each.
     pub fn build(self) -> Result<App> {
@@ -455,6 +488,7 @@ impl AppBuilder {
             metrics_addr,
             breakers: self.breakers,
             tripped: self.tripped,
+            emits: self.emits,
         })
     }
 

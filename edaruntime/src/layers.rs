@@ -16,6 +16,10 @@ const LAYERS: &[&[&str]] = &[
     &["testing"],
 ];
 
+/// Test-only files allowed to reach up: the decode fuzz drives wire's private readers and
+/// then the whole typed decode handlers use (`handler::EventParam`).
+const TEST_ONLY: &[&str] = &["wire/fuzz.rs"];
+
 fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|layer| layer.contains(&module))
 }
@@ -77,6 +81,9 @@ fn no_module_names_one_above_it() {
             continue;
         };
         if module == "lib" || module == "layers" {
+            continue;
+        }
+        if TEST_ONLY.iter().any(|t| file.ends_with(t)) {
             continue;
         }
         let own = layer(&module).unwrap_or_else(|| {

@@ -11,7 +11,9 @@ pub use crate::handler::{
 };
 pub use crate::registry::EventDescriptor;
 
-use crate::event::{DecodeError, Event};
+pub use crate::event::Event;
+
+use crate::event::DecodeError;
 use crate::handler::{FromContext, HandlerReturn, Requirement};
 
 /// Decodes `payload` of `version` as exactly `E`.

@@ -77,6 +77,8 @@ pub struct HandlerInfo {
     pub event: Option<EventRef>,
     /// Options.
     pub options: HandlerOptions,
+    /// The events it publishes, when declared with `emits = [..]`.
+    pub emits: Option<Vec<String>>,
     /// Where it is defined.
     pub module_path: String,
 }
@@ -104,6 +106,9 @@ pub(crate) fn catalog() -> Catalog {
             service: h.service.map(str::to_owned),
             event: h.event,
             options: h.options,
+            emits: h
+                .emits
+                .map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
             module_path: h.module_path.to_owned(),
         })
         .collect();
@@ -233,6 +238,7 @@ mod tests {
             service: None,
             event: None,
             options,
+            emits: None,
             requirements: &[],
             invoke: never_called,
             module_path: "tests",

@@ -58,6 +58,15 @@ pub(crate) fn expand(spec: &HandlerSpec, function: &ItemFn) -> TokenStream {
         Some(s) => quote!(::core::option::Option::Some(#s)),
         None => quote!(::core::option::Option::None),
     };
+    let emits = match &spec.emits {
+        Some(types) => {
+            let names = types
+                .iter()
+                .map(|ty| quote_spanned!(ty.span()=> <#ty as #private::Event>::NAME));
+            quote!(::core::option::Option::Some(&[#(#names),*]))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let variant = |s: &str| format_ident!("{}", capitalize(s), span = Span::call_site());
     let backoff = variant(&spec.backoff);
     let idempotent = variant(&spec.idempotent);
@@ -114,6 +123,7 @@ pub(crate) fn expand(spec: &HandlerSpec, function: &ItemFn) -> TokenStream {
                         breaker: #breaker,
                         start: #private::Start::#start,
                     },
+                    emits: #emits,
                     requirements: &[#(#requirements),*],
                     invoke: __eda_invoke,
                     module_path: ::core::module_path!(),

@@ -20,6 +20,7 @@ pub(crate) const KEYS: &[&str] = &[
     "idempotent",
     "breaker",
     "start",
+    "emits",
     "crate",
 ];
 

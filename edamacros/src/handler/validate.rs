@@ -28,6 +28,8 @@ pub(crate) struct HandlerSpec {
     pub(crate) idempotent: String,
     pub(crate) breaker: Option<String>,
     pub(crate) start: String,
+    /// The event types it publishes, if declared.
+    pub(crate) emits: Option<Vec<Path>>,
     pub(crate) krate: Path,
     pub(crate) event_ty: Type,
     pub(crate) params: Vec<Type>,
@@ -92,6 +94,7 @@ pub(crate) fn validate(args: &Args, function: &ItemFn, cx: &mut Ctxt) -> Handler
         idempotent: "redelivered".into(),
         breaker: None,
         start: "new".into(),
+        emits: None,
         krate: syn::parse_quote!(::eda),
         event_ty: types
             .first()
@@ -137,6 +140,11 @@ pub(crate) fn validate(args: &Args, function: &ItemFn, cx: &mut Ctxt) -> Handler
             "idempotent" => {
                 if let Some((v, _)) = attr::choice(key, value, IDEMPOTENCY, cx) {
                     spec.idempotent = v;
+                }
+            }
+            "emits" => {
+                if let Some(paths) = attr::paths(key, value, cx) {
+                    spec.emits = Some(paths);
                 }
             }
             "start" => {

@@ -92,6 +92,8 @@ impl fmt::Debug for StateMap {
 #[derive(Debug)]
 pub(crate) struct Scope {
     pub(crate) handler: String,
+    /// What the handler declared it publishes (`emits = [..]`); checked in debug builds.
+    pub(crate) emits: Option<&'static [&'static str]>,
     pub(crate) publisher: Publisher,
     pub(crate) states: StateMap,
 }
@@ -135,7 +137,21 @@ impl Context {
     /// handler that publishes and then fails publishes the same ids when it runs again, so
     /// the broker's duplicate window drops the repeats and downstream idempotency recognises
     /// them. Publish the events of one type in the same order on every attempt.
+    ///
+    /// In debug builds, a handler that declares `emits = [..]` gets
+    /// [`PublishError::Invalid`] for an event the list does not name.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String, PublishError> {
+        #[cfg(debug_assertions)]
+        if let Some(emits) = self.scope.emits {
+            if !emits.contains(&E::NAME) {
+                return Err(PublishError::Invalid(format!(
+                    "handler `{}` publishes `{}`, which its `emits = [..]` does not list: add {} to it (the service's NATS permissions are generated from that list; this check runs in debug builds)",
+                    self.scope.handler,
+                    E::NAME,
+                    std::any::type_name::<E>().rsplit("::").next().unwrap_or(E::NAME),
+                )));
+            }
+        }
         let index = {
             let mut published = self
                 .follow_ups

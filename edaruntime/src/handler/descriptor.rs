@@ -66,6 +66,8 @@ pub struct HandlerDescriptor {
     pub event: Option<EventRef>,
     /// Options.
     pub options: HandlerOptions,
+    /// The names of the events it publishes, when declared (`emits = [..]`).
+    pub emits: Option<&'static [&'static str]>,
     /// State types its parameters need.
     pub requirements: &'static [fn() -> Option<Requirement>],
     /// Decodes the message and calls the function.

@@ -248,6 +248,7 @@ impl TestContext {
     pub fn context_with(&self, metadata: Metadata, attempt: u32) -> Context {
         let scope = Arc::new(Scope {
             handler: "test".to_owned(),
+            emits: None,
             publisher: Publisher::new(Arc::from(self.service.as_str()), self.broker.transport()),
             states: self.states.clone(),
         });

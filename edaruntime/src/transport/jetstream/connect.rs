@@ -1,8 +1,9 @@
 //! Connecting: the URL list, credentials, TLS, the connection's events, and the number of
 //! replicas new streams get.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -36,6 +37,7 @@ impl JetStream {
         let (addresses, url_auth) = without_credentials(parsed, url)?;
         let connected = Arc::new(AtomicBool::new(false));
         let reconnects = Arc::new(AtomicU64::new(0));
+        let refusals = Arc::new(Refusals::default());
         let mut options = async_nats::ConnectOptions::new()
             .name(service)
             .connection_timeout(settings.connect_timeout)
@@ -43,6 +45,7 @@ impl JetStream {
             .event_callback({
                 let connected = Arc::clone(&connected);
                 let reconnects = Arc::clone(&reconnects);
+                let refusals = Arc::clone(&refusals);
                 // Set while the connection is lost: the next `Connected` is a reconnect.
                 let lost = Arc::new(AtomicBool::new(false));
                 move |event| {
@@ -61,6 +64,12 @@ impl JetStream {
                             lost.store(true, Ordering::SeqCst);
                             observe::broker_connected(false);
                             tracing::warn!("disconnected from NATS; reconnecting");
+                        }
+                        async_nats::Event::ServerError(async_nats::ServerError::Other(text))
+                            if text.to_lowercase().contains("permissions violation") =>
+                        {
+                            tracing::warn!(error = %text, "the NATS server refused an operation");
+                            refusals.record(text);
                         }
                         other => tracing::debug!(event = %other, "NATS event"),
                     }
@@ -152,7 +161,36 @@ impl JetStream {
             replicas,
             connected,
             reconnects,
+            refusals,
         })
+    }
+}
+
+/// The permission violations the server reported last. Its `-ERR` arrives apart from the
+/// publish it refused (whose confirmation then never comes), so a timed-out publish looks
+/// here to say why.
+#[derive(Debug, Default)]
+pub(super) struct Refusals(Mutex<VecDeque<String>>);
+
+impl Refusals {
+    const KEPT: usize = 16;
+
+    fn record(&self, text: String) {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() == Self::KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(text);
+    }
+
+    /// The server's refusal to let this connection publish to `subject`, if it sent one.
+    pub(super) fn of_publish_to(&self, subject: &str) -> Option<String> {
+        let quoted = format!("\"{subject}\"");
+        let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.iter()
+            .rev()
+            .find(|text| text.to_lowercase().contains("for publish to") && text.contains(&quoted))
+            .cloned()
     }
 }
 

@@ -9,6 +9,7 @@ mod consume;
 mod inspect;
 mod kv;
 mod pause;
+pub(crate) mod permissions;
 mod provision;
 mod publish;
 mod recreate;
@@ -30,6 +31,7 @@ pub(crate) struct JetStream {
     replicas: usize,
     connected: Arc<AtomicBool>,
     reconnects: Arc<AtomicU64>,
+    refusals: Arc<connect::Refusals>,
     acks: Arc<ack::AckSender>,
 }
 

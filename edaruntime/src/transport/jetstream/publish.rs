@@ -37,6 +37,7 @@ impl JetStream {
             context: self.context.clone(),
             prefix: self.settings.topology.subject_prefix.clone(),
             format: self.settings.wire_format,
+            refusals: Arc::clone(&self.refusals),
         })
     }
 }
@@ -47,6 +48,7 @@ struct JetStreamTransport {
     context: jetstream::Context,
     prefix: String,
     format: WireFormat,
+    refusals: Arc<super::connect::Refusals>,
 }
 
 impl fmt::Debug for JetStreamTransport {
@@ -73,6 +75,19 @@ fn publish_error(error: jetstream::context::PublishError) -> PublishError {
 }
 
 impl JetStreamTransport {
+    /// A publish to `subject` that timed out: refused, if the server said so.
+    fn explained(&self, error: PublishError, subject: &str) -> PublishError {
+        match (&error, self.refusals.of_publish_to(subject)) {
+            (PublishError::Timeout, Some(refusal)) => PublishError::Broker(
+                format!(
+                    "the server refused it ({refusal}): this connection's user may not publish to `{subject}`; declare the event (`emits`) and give the user the permissions `App::permissions` prints"
+                )
+                .into(),
+            ),
+            _ => error,
+        }
+    }
+
     async fn send(
         &self,
         subject: String,
@@ -108,7 +123,9 @@ impl Transport for JetStreamTransport {
             let subject = self.subject(&message.metadata);
             let headers = self.event_headers(&message);
             let ack = self.send(subject, headers, message.payload).await?;
-            ack.await.map_err(publish_error)?;
+            // The subject again only for an error: no copy on the way.
+            ack.await
+                .map_err(|e| self.explained(publish_error(e), &self.subject(&message.metadata)))?;
             Ok(())
         })
     }
