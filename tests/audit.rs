@@ -559,7 +559,7 @@ async fn rejects_order(event: AuditPlaced, calls: State<Calls>) -> Result<(), Ha
 /// message is kept (no handler re-run, no delivery attempt spent); once the stream exists
 /// again it is dead-lettered exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_without_its_stream_is_kept_until_the_stream_is_back() {
+async fn fault_05_a_dead_letter_without_its_stream_is_kept_until_the_stream_is_back() {
     let server = server();
     let calls = Arc::new(Calls::default());
     let app = app(&server, &calls, &["rejects_order"]).await;

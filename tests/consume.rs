@@ -218,7 +218,7 @@ async fn works_through_a_backlog(event: Job, ledger: State<Ledger>) {
 /// handler. Recreating it with the handler's start policy (`new`) would begin at the end of the
 /// stream and silently skip every event not yet handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_deleted_with_a_backlog_is_recreated_without_skipping_it() {
+async fn fault_22_a_consumer_deleted_with_a_backlog_is_recreated_without_skipping_it() {
     const EVENTS: u64 = 20;
     const DURABLE: &str = "consume-tests__works_through_a_backlog";
     let _ = tracing::subscriber::set_global_default(WarnLog);

@@ -4,13 +4,14 @@
 //! by name), with its own `Seen` ledger.
 #![allow(missing_docs, missing_debug_implementations)]
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eda::prelude::*;
 use eda::testing::TestApp;
-use eda::{DlqReason, MemoryBroker, PublishOptions, Topology};
+use eda::{DlqReason, MemoryBroker, Metadata, PublishOptions, Topology};
 use tokio::time::Instant;
 
 #[macro_use]
@@ -150,7 +151,7 @@ async fn fails_three_times(event: OrderPlaced, seen: State<Seen>) -> Result<(), 
     Ok(())
 }
 
-async fn retries_follow_the_backoff_schedule(rig: Rig) {
+async fn fault_03_retries_follow_the_backoff_schedule(rig: Rig) {
     let seen = Arc::new(Seen::default());
     let app = start(&rig, "retry", &seen, &["fails_three_times"]).await;
     app.publish(&OrderPlaced { id: 1 }).await.unwrap();
@@ -245,7 +246,7 @@ async fn declines(_event: OrderPlaced, seen: State<Seen>) -> Result<(), HandlerE
     Err(HandlerError::permanent(ChargeFailed(Declined)))
 }
 
-async fn permanent_errors_dead_letter_at_once_with_the_error_chain(rig: Rig) {
+async fn fault_06_permanent_errors_dead_letter_at_once_with_the_error_chain(rig: Rig) {
     let seen = Arc::new(Seen::default());
     let app = start(&rig, "permanent", &seen, &["declines"]).await;
     app.publish(&OrderPlaced { id: 1 }).await.unwrap();
@@ -349,7 +350,7 @@ async fn old_versions_are_upcast_through_the_whole_chain(rig: Rig) {
     );
 }
 
-async fn undecodable_payloads_dead_letter_at_once_with_reason_decode(rig: Rig) {
+async fn fault_06_undecodable_payloads_dead_letter_at_once_with_reason_decode(rig: Rig) {
     let seen = Arc::new(Registrations::default());
     let app = rig
         .app("poison")
@@ -486,7 +487,7 @@ async fn idem_always_slow(event: OrderPlaced, seen: State<Seen>) {
 
 /// FAULTS #9/#10: two holders of one event at once. With `claim`, the second hands its copy
 /// back while the first runs, and then finds it processed; with `always` alone both run.
-async fn a_claim_lets_one_of_two_holders_run_an_event(rig: Rig) {
+async fn fault_10_a_claim_lets_one_of_two_holders_run_an_event(rig: Rig) {
     let seen = Arc::new(Seen::default());
     let window = Duration::from_millis(100);
     let app = match &rig {
@@ -557,7 +558,7 @@ async fn with_idempotency_off_a_redelivered_event_is_handled_again(rig: Rig) {
     assert_eq!(app.stats("idem_off").duplicates, 0);
 }
 
-async fn always_mode_catches_republished_ids_outside_the_duplicate_window(rig: Rig) {
+async fn fault_10_always_mode_catches_republished_ids_outside_the_duplicate_window(rig: Rig) {
     let seen = Arc::new(Seen::default());
     // A duplicate window so short that the republished id gets through.
     let window = Duration::from_millis(100);
@@ -611,7 +612,7 @@ async fn always_mode_catches_republished_ids_outside_the_duplicate_window(rig: R
     );
 }
 
-async fn the_duplicate_window_drops_a_republished_id(rig: Rig) {
+async fn fault_11_the_duplicate_window_drops_a_republished_id(rig: Rig) {
     let seen = Arc::new(Seen::default());
     let app = start(&rig, "dup-window", &seen, &["idem_off"]).await;
     for _ in 0..5 {
@@ -642,7 +643,7 @@ async fn panics_on_two(event: OrderPlaced, seen: State<Seen>) {
     seen.record(event.id);
 }
 
-async fn a_panic_is_isolated_to_its_message(rig: Rig) {
+async fn fault_07_a_panic_is_isolated_to_its_message(rig: Rig) {
     let seen = Arc::new(Seen::default());
     let app = start(&rig, "panics", &seen, &["panics_on_two"]).await;
     for id in 1..=3 {
@@ -951,23 +952,134 @@ async fn start_all_replays_what_the_broker_holds_and_start_new_does_not(rig: Rig
     );
 }
 
+/// What `takes_the_backlog` saw, one entry per call: the event's id, its metadata and which
+/// delivery it was.
+#[derive(Default)]
+pub struct Calls(Mutex<Vec<(u64, Arc<Metadata>, u32)>>);
+
+impl Calls {
+    fn all(&self) -> Vec<(u64, Arc<Metadata>, u32)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[handler(start = "all")]
+async fn takes_the_backlog(event: Envelope<OrderPlaced>, calls: State<Calls>) {
+    calls
+        .0
+        .lock()
+        .unwrap()
+        .push((event.id, Arc::clone(&event.metadata), event.attempt));
+}
+
+/// FAULTS.md #1 (Watermill's TestPublishSubscribe): 100 events, each with a correlation and a
+/// causation id of its own, are published before the handler's app exists. Started with
+/// `start = "all"`, it handles each exactly once, on its first delivery, seeing the payload and
+/// the metadata it was published with; once `shutdown()` has returned nothing more is handled.
+async fn fault_01_a_hundred_events_published_before_the_handler_starts_are_each_handled_once_with_their_metadata(
+    rig: Rig,
+) {
+    const EVENTS: u64 = 100;
+    let calls = Arc::new(Calls::default());
+    let producer = rig
+        .app("backlog-producer")
+        .handlers(&[])
+        .start()
+        .await
+        .unwrap();
+    let mut published = HashMap::new();
+    for n in 0..EVENTS {
+        let options = PublishOptions::default()
+            .correlation_id(format!("checkout-{n}"))
+            .causation_id(format!("cart-{n}"));
+        let id = producer
+            .publisher()
+            .publish_with(&OrderPlaced { id: n }, options)
+            .await
+            .unwrap();
+        published.insert(n, id);
+    }
+    let consumer = rig
+        .app("backlog")
+        .shared_state(Arc::clone(&calls))
+        .handlers(&["takes_the_backlog"])
+        .start()
+        .await
+        .unwrap();
+    consumer.settle().await;
+    let seen = calls.all();
+    let mut per_id: HashMap<u64, u32> = HashMap::new();
+    for (n, _, _) in &seen {
+        *per_id.entry(*n).or_default() += 1;
+    }
+    assert_eq!(
+        per_id.len() as u64,
+        EVENTS,
+        "every event handled: {per_id:?}"
+    );
+    assert!(
+        per_id.values().all(|&count| count == 1),
+        "each event handled exactly once: {per_id:?}"
+    );
+    for (n, meta, attempt) in &seen {
+        assert_eq!(
+            meta.id, published[n],
+            "event {n}: the id `publish_with` returned"
+        );
+        assert_eq!(meta.correlation_id, format!("checkout-{n}"), "event {n}");
+        assert_eq!(
+            meta.causation_id.as_deref(),
+            Some(&*format!("cart-{n}")),
+            "event {n}"
+        );
+        assert_eq!(
+            &*meta.source, "backlog-producer",
+            "event {n}: the publishing service"
+        );
+        assert_eq!(&*meta.name, "order.placed", "event {n}");
+        assert_eq!(meta.version, 1, "event {n}");
+        assert_eq!(*attempt, 1, "event {n}: handled on its first delivery");
+    }
+    let stats = consumer.stats("takes_the_backlog");
+    assert_eq!(
+        (
+            stats.handled,
+            stats.retried,
+            stats.duplicates,
+            stats.dead_lettered
+        ),
+        (EVENTS, 0, 0, 0)
+    );
+    tokio::time::timeout(Duration::from_secs(30), consumer.shutdown())
+        .await
+        .expect("shutdown returns instead of hanging")
+        .unwrap();
+    producer.publish(&OrderPlaced { id: EVENTS }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        calls.all().len() as u64,
+        EVENTS,
+        "nothing is handled after `shutdown()` returned"
+    );
+}
+
 on_both_transports!(
     versions_older_than_the_upcast_chain_dead_letter_at_once,
     every_matching_handler_gets_every_event,
     wildcards_match_tokens_as_nats_does,
-    retries_follow_the_backoff_schedule,
+    fault_03_retries_follow_the_backoff_schedule,
     jitter_keeps_each_delay_between_half_and_all_of_it,
     exhausted_retries_dead_letter_with_everything_needed_to_redrive,
-    permanent_errors_dead_letter_at_once_with_the_error_chain,
+    fault_06_permanent_errors_dead_letter_at_once_with_the_error_chain,
     old_versions_are_upcast_through_the_whole_chain,
-    undecodable_payloads_dead_letter_at_once_with_reason_decode,
+    fault_06_undecodable_payloads_dead_letter_at_once_with_reason_decode,
     unknown_newer_versions_are_retried_then_dead_lettered_with_reason_version,
     a_redelivered_processed_event_is_not_handled_twice,
     with_idempotency_off_a_redelivered_event_is_handled_again,
-    always_mode_catches_republished_ids_outside_the_duplicate_window,
-    a_claim_lets_one_of_two_holders_run_an_event,
-    the_duplicate_window_drops_a_republished_id,
-    a_panic_is_isolated_to_its_message,
+    fault_10_always_mode_catches_republished_ids_outside_the_duplicate_window,
+    fault_10_a_claim_lets_one_of_two_holders_run_an_event,
+    fault_11_the_duplicate_window_drops_a_republished_id,
+    fault_07_a_panic_is_isolated_to_its_message,
     a_handler_past_its_timeout_is_retried_then_dead_lettered,
     the_concurrency_limit_is_respected,
     context_publish_carries_correlation_and_causation,
@@ -976,4 +1088,5 @@ on_both_transports!(
     shutdown_lets_in_flight_handlers_finish_and_leaves_the_rest_queued,
     handlers_past_the_shutdown_timeout_are_stopped_and_redelivered,
     start_all_replays_what_the_broker_holds_and_start_new_does_not,
+    fault_01_a_hundred_events_published_before_the_handler_starts_are_each_handled_once_with_their_metadata,
 );

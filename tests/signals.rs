@@ -41,7 +41,7 @@ fn printer_app(url: &str, printer: &Arc<Printer>) -> eda::AppBuilder {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_load_finishes_in_flight_handlers_and_loses_nothing() {
+async fn fault_15_sigterm_during_load_finishes_in_flight_handlers_and_loses_nothing() {
     const EVENTS: u64 = 40;
     let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let printer = Arc::new(Printer::default());
