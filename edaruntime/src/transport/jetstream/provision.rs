@@ -68,7 +68,7 @@ impl JetStream {
                     return self.check_stream(name, subject, &info.config);
                 }
                 Err(e) if is_code(&e, jetstream::ErrorCode::STREAM_NOT_FOUND) => {
-                    match self.context.create_stream(wanted.clone()).await {
+                    match self.create_stream(wanted.clone()).await {
                         Ok(_) => {
                             tracing::info!(
                                 stream = name,
@@ -166,7 +166,7 @@ impl JetStream {
             },
             ..Default::default()
         };
-        let created = self.context.create_stream(config).await;
+        let created = self.create_stream(config).await;
         // Another instance may have created it at the same moment: binding decides.
         self.context
             .get_key_value(bucket)
@@ -342,6 +342,37 @@ pub(super) fn max_ack_pending(concurrency: u32) -> i64 {
 
 fn is_code(error: &jetstream::context::GetStreamError, code: jetstream::ErrorCode) -> bool {
     matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == code)
+}
+
+/// How long creating a stream waits for a cluster that cannot place its replicas yet.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
+
+impl JetStream {
+    /// Creates a stream, waiting (up to [`PLACEMENT_WAIT`]) while the cluster says it has no
+    /// suitable peers: right after a cluster forms, or while a node restarts, not every node
+    /// counts as a JetStream peer yet, and services started with a new cluster would fail.
+    async fn create_stream(
+        &self,
+        config: stream::Config,
+    ) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+        let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.context.create_stream(config.clone()).await {
+                Err(e) if no_peers(&e) && tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(stream = %config.name, error = %e, "the cluster cannot place the stream's replicas yet; waiting");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                created => return created,
+            }
+        }
+    }
+}
+
+fn no_peers(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(error.kind(), jetstream::context::CreateStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS)
 }
 
 /// Another instance created the stream first.
