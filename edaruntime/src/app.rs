@@ -51,6 +51,28 @@ pub struct App {
     breakers: Vec<(String, BreakerConfig)>,
     tripped: Vec<String>,
     emits: Vec<&'static str>,
+    /// `EDA_CATALOG=json`: print [`App::describe`] and exit instead of starting.
+    print_catalog: bool,
+}
+
+/// What one service consumes and emits, as [`App::describe`] gives it and an app run with
+/// `EDA_CATALOG=json` prints (one JSON document on stdout, then it exits with status 0): what
+/// tools read to draw the event flow, write AsyncAPI or permissions without a broker.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct ServiceCatalog {
+    /// The service.
+    pub service: String,
+    /// The subject prefix events are published under.
+    pub subject_prefix: String,
+    /// The handlers this service runs.
+    pub handlers: Vec<registry::HandlerInfo>,
+    /// Every event version compiled into the binary, with its schema.
+    pub events: Vec<registry::EventInfo>,
+    /// Events declared with [`AppBuilder::emits`] (published outside handlers).
+    pub emits: Vec<String>,
+    /// Its NATS permissions ([`App::permissions`]).
+    pub permissions: Permissions,
 }
 
 impl App {
@@ -82,15 +104,43 @@ impl App {
         &self.service
     }
 
+    /// What this service consumes and emits, as configured.
+    pub fn describe(&self) -> ServiceCatalog {
+        let catalog = registry::catalog();
+        let topology = self.topology();
+        let handlers = catalog
+            .handlers
+            .iter()
+            .filter(|h| {
+                self.handlers
+                    .iter()
+                    .any(|d| d.name == h.name && d.module_path == h.module_path)
+            })
+            .cloned()
+            .collect();
+        ServiceCatalog {
+            service: self.service.clone(),
+            subject_prefix: topology.subject_prefix,
+            handlers,
+            events: catalog.events,
+            emits: self.emits.iter().map(|e| (*e).to_owned()).collect(),
+            permissions: self.permissions(),
+        }
+    }
+
+    fn topology(&self) -> Topology {
+        match &self.transport {
+            BackendChoice::Nats(settings) => settings.topology.clone(),
+            BackendChoice::Memory(_) => Topology::default(),
+        }
+    }
+
     /// The NATS permissions this service needs as configured: its handlers' consumers, the
     /// events they declare with `emits = [..]` and those declared with
     /// [`AppBuilder::emits`], its dead letters and records, on its topology (see
     /// [`permissions`](crate::permissions)).
     pub fn permissions(&self) -> Permissions {
-        let topology = match &self.transport {
-            BackendChoice::Nats(settings) => settings.topology.clone(),
-            BackendChoice::Memory(_) => Topology::default(),
-        };
+        let topology = self.topology();
         let only: Vec<&'static str> = self.handlers.iter().map(|h| h.name).collect();
         permissions_for(
             &registry::catalog(),
@@ -110,6 +160,12 @@ impl App {
     /// publish and stop. Broker problems (unreachable, bad credentials, conflicting streams)
     /// are errors here, within the connect timeout.
     pub async fn start(self) -> Result<RunningApp> {
+        if self.print_catalog {
+            // A catalog always serializes (plain strings, numbers and JSON values).
+            let json = serde_json::to_string_pretty(&self.describe()).unwrap_or_default();
+            println!("{json}");
+            std::process::exit(0);
+        }
         let lifecycle = Lifecycle::new();
         let mut tasks = JoinSet::new();
         let mut runtimes = Vec::new();
@@ -465,6 +521,20 @@ impl AppBuilder {
             }
             (None, None) => Ok(None),
         };
+        let print_catalog = match self
+            .use_env
+            .then(|| ProcessEnv.var("EDA_CATALOG"))
+            .flatten()
+        {
+            None => false,
+            Some(value) if value == "json" => true,
+            Some(value) => {
+                problems.push(format!(
+                    "EDA_CATALOG=`{value}`: the only catalog format is `json`"
+                ));
+                false
+            }
+        };
         let metrics_addr = metrics_addr.unwrap_or_else(|problem| {
             problems.push(problem);
             None
@@ -489,6 +559,7 @@ impl AppBuilder {
             breakers: self.breakers,
             tripped: self.tripped,
             emits: self.emits,
+            print_catalog,
         })
     }
 

@@ -38,7 +38,7 @@ mod private;
 #[cfg(test)]
 mod layers;
 
-pub use app::{App, AppBuilder, RunningApp};
+pub use app::{App, AppBuilder, RunningApp, ServiceCatalog};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use config::{NatsAuth, NatsSettings, Topology, WireFormat};
 pub use delivery::HandlerStats;
