@@ -521,6 +521,65 @@ mod tests {
     }
 
     #[test]
+    fn a_password_without_a_user_is_a_problem_that_does_not_show_the_password() {
+        let (s, problems, _) = apply_env(
+            NatsSettings::new("nats://n:4222"),
+            true,
+            false,
+            &env(&[("EDA_NATS_PASSWORD", "hunter2")]),
+        );
+        assert_eq!(
+            problems,
+            ["EDA_NATS_PASSWORD is set but EDA_NATS_USER is not: set both"]
+        );
+        assert!(
+            matches!(s.unwrap().auth, NatsAuth::None),
+            "half a pair is not used"
+        );
+    }
+
+    #[test]
+    fn bad_subject_prefixes_from_the_environment_or_the_builder_are_problems() {
+        let expected = |prefix: &str| {
+            [format!(
+                "subject prefix `{prefix}` must be dot-separated tokens without wildcards or spaces, e.g. `events`"
+            )]
+        };
+        for prefix in ["prod..events", ".events", "events.", "events.*", "events.>", "my events"] {
+            let (s, problems, source) = apply_env(
+                NatsSettings::new("nats://n:4222"),
+                true,
+                false,
+                &env(&[("EDA_SUBJECT_PREFIX", prefix)]),
+            );
+            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(s.unwrap().problems(source), expected(prefix), "{prefix}");
+        }
+        let mut settings = NatsSettings::new("nats://n:4222");
+        settings.topology.subject_prefix = String::new();
+        assert_eq!(settings.problems("NATS URL"), expected(""));
+        settings.topology.subject_prefix = "prod.events".into();
+        assert!(settings.problems("NATS URL").is_empty());
+    }
+
+    #[test]
+    fn a_missing_ca_file_and_a_client_certificate_without_tls_are_problems() {
+        let mut settings = NatsSettings::new("nats://n:4222");
+        settings.tls_ca = Some("/nonexistent/ca.pem".into());
+        assert_eq!(
+            settings.problems("NATS URL"),
+            ["TLS CA `/nonexistent/ca.pem` is not a readable file"]
+        );
+        let mut settings = NatsSettings::new("nats://n:4222");
+        let readable = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        settings.tls_client_cert = Some((readable.clone(), readable));
+        assert_eq!(
+            settings.problems("NATS URL"),
+            ["a TLS client certificate was given but neither a tls:// URL nor a CA certificate: set EDA_NATS_TLS_CA or call `.nats_tls_ca(path)`"]
+        );
+    }
+
+    #[test]
     fn tls_urls_need_a_ca() {
         let s = NatsSettings::new("tls://127.0.0.1:4222");
         assert_eq!(

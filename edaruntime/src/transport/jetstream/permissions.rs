@@ -18,7 +18,7 @@ use crate::registry::{Catalog, HandlerInfo};
 
 /// A NATS `permissions { publish, subscribe }` block for one service; its `Display` is the
 /// block as nats-server's configuration writes it (see [`permissions`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Permissions {
     /// The service.
