@@ -237,7 +237,9 @@ fn stream_replicas_outside_one_to_five_are_reported() {
         );
         assert_eq!(
             found,
-            [format!("stream replicas must be from 1 to 5, not {replicas}")]
+            [format!(
+                "stream replicas must be from 1 to 5, not {replicas}"
+            )]
         );
     }
 }
@@ -278,118 +280,8 @@ async fn a_metrics_port_already_taken_is_a_config_error_from_start() {
         "{message}"
     );
     assert!(
-        message.contains("in use"),
+        message.contains("Address already in use"),
         "the OS reason is kept: {message}"
     );
     drop(taken);
-}
-
-// ---- the process environment -----------------------------------------------------------------
-//
-// `EDA_*` variables are read from the process environment by `build`. These tests set them only
-// in a child process (this test binary run again with one `--ignored` test selected), so no other
-// test of this binary ever sees them.
-
-/// Set in the child process, which runs one of the `child_*` tests below.
-const CHILD: &str = "EDA_STARTUP_TEST_CHILD";
-
-/// Runs the `#[ignore]`d test `child` of this binary in a child process with `vars` set (and
-/// every other `EDA_*` variable that configures an app removed), and checks it passed.
-fn in_a_child_process(child: &str, vars: &[(&str, &str)]) {
-    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
-    command.args([child, "--exact", "--ignored", "--test-threads=1", "--nocapture"]);
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        if name.starts_with("EDA_") && !["EDA_NATS_SERVER", "EDA_PYTHON"].contains(&&*name) {
-            command.env_remove(name);
-        }
-    }
-    command.env(CHILD, "1").envs(vars.iter().copied());
-    let output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "the child test `{child}` failed:\n{stdout}\n{stderr}"
-    );
-}
-
-/// Fails unless run by [`in_a_child_process`]: the child tests need their environment.
-fn in_the_child() {
-    assert!(
-        std::env::var_os(CHILD).is_some(),
-        "this test is run by another one, in a child process with its environment"
-    );
-}
-
-#[test]
-fn a_bad_eda_metrics_addr_names_the_variable() {
-    in_a_child_process(
-        "child_a_bad_eda_metrics_addr_names_the_variable",
-        &[("EDA_METRICS_ADDR", "localhost")],
-    );
-}
-
-#[test]
-#[ignore = "run by `a_bad_eda_metrics_addr_names_the_variable` in a child process"]
-fn child_a_bad_eda_metrics_addr_names_the_variable() {
-    in_the_child();
-    let found = problems(App::builder("fine").build());
-    assert_eq!(
-        found,
-        ["EDA_METRICS_ADDR=`localhost`: expected host:port such as 127.0.0.1:9464, :9464, or 127.0.0.1:0 for a free port"]
-    );
-    let found = problems(
-        App::builder("fine")
-            .metrics_addr("127.0.0.1:0")
-            .stream_replicas(9)
-            .nats("nats://127.0.0.1:4222")
-            .build(),
-    );
-    assert_eq!(
-        found,
-        [
-            "EDA_METRICS_ADDR=`localhost`: expected host:port such as 127.0.0.1:9464, :9464, or 127.0.0.1:0 for a free port",
-            "stream replicas must be from 1 to 5, not 9",
-        ],
-        "the variable wins over `.metrics_addr(..)`, and the other problems are still listed"
-    );
-}
-
-#[test]
-fn eda_variables_set_to_the_empty_string_are_unset() {
-    in_a_child_process(
-        "child_eda_variables_set_to_the_empty_string_are_unset",
-        &[
-            ("EDA_NATS_URL", ""),
-            ("EDA_NATS_PASSWORD", ""),
-            ("EDA_NATS_TLS_KEY", ""),
-            ("EDA_STREAM_REPLICAS", ""),
-            ("EDA_SUBJECT_PREFIX", ""),
-            ("EDA_METRICS_ADDR", ""),
-        ],
-    );
-}
-
-#[test]
-#[ignore = "run by `eda_variables_set_to_the_empty_string_are_unset` in a child process"]
-fn child_eda_variables_set_to_the_empty_string_are_unset() {
-    in_the_child();
-    for name in ["EDA_NATS_URL", "EDA_SUBJECT_PREFIX"] {
-        assert_eq!(
-            std::env::var(name).as_deref(),
-            Ok(""),
-            "{name} is set, to the empty string"
-        );
-    }
-    // Were they read as set, each would be a problem: `EDA_NATS_URL=``` is no URL, a password
-    // without a user, a key without a certificate, `` replicas, an empty subject prefix.
-    let app = App::builder("fine")
-        .nats("nats://127.0.0.1:4222")
-        .build()
-        .unwrap_or_else(|e| panic!("empty variables are unset: {e}"));
-    assert_eq!(app.handler_names(), ["archive", "audit_invoices"]);
-    App::builder("fine")
-        .build()
-        .unwrap_or_else(|e| panic!("an empty EDA_NATS_URL leaves the app in memory: {e}"));
 }

@@ -545,7 +545,14 @@ mod tests {
                 "subject prefix `{prefix}` must be dot-separated tokens without wildcards or spaces, e.g. `events`"
             )]
         };
-        for prefix in ["prod..events", ".events", "events.", "events.*", "events.>", "my events"] {
+        for prefix in [
+            "prod..events",
+            ".events",
+            "events.",
+            "events.*",
+            "events.>",
+            "my events",
+        ] {
             let (s, problems, source) = apply_env(
                 NatsSettings::new("nats://n:4222"),
                 true,

@@ -99,13 +99,15 @@ impl Publisher {
     }
 
     /// Publishes a payload as event `name` of `version` without a Rust type (bridges, replays,
-    /// tests of bad payloads); returns its id once stored.
+    /// tests of bad payloads); returns its id once stored. A name that is no single subject
+    /// (empty, an empty token, white space, a `*` or `>` token) is [`PublishError::Invalid`].
     pub async fn publish_raw(
         &self,
         name: &str,
         version: u32,
         payload: impl Into<Bytes>,
     ) -> Result<String, PublishError> {
+        check_subject_name(name)?;
         let message = Outbound {
             metadata: Arc::new(Metadata::new(name, version, Arc::clone(&self.service))),
             payload: payload.into(),
@@ -183,6 +185,28 @@ impl Publisher {
 /// event's name: a UUID v8 made of a SHA-256 of them. A handler run again after a failure
 /// publishes the same ids, so the broker's duplicate window (and downstream idempotency)
 /// absorbs the repeats; two services, two handlers or two event types never share one.
+/// An event name must name one subject: typed events are checked at compile time, raw names
+/// here (a wildcard would be stored literally and reach the wrong handlers).
+fn check_subject_name(name: &str) -> Result<(), PublishError> {
+    let why = if name.is_empty() {
+        Some("it is empty")
+    } else if name.chars().any(char::is_whitespace) {
+        Some("it contains white space")
+    } else if name.split('.').any(str::is_empty) {
+        Some("it has an empty token")
+    } else if name.split('.').any(|t| t == "*" || t == ">") {
+        Some("wildcards subscribe, they do not publish")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(PublishError::Invalid(format!(
+            "cannot publish event `{name}`: {why}; an event name is one subject, e.g. `user.created`"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn derived_id(parts: [&str; 4], index: u32) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hash = Sha256::new();

@@ -43,6 +43,16 @@ pub const ORIGINAL_SEQ: &str = "Eda-Original-Seq";
 /// beginning; the value is the original payload's length in bytes (fetch the whole message
 /// from the event stream by `Eda-Original-Seq`).
 pub const DLQ_PAYLOAD_CUT: &str = "Eda-Dlq-Payload-Cut";
+/// Set on a dead letter whose long header values (ids from a peer, kilobytes long) were
+/// shortened so that its headers stay under the server's 64 KiB limit; the original message
+/// is whole in the event stream at `Eda-Original-Seq`.
+pub const DLQ_HEADERS_CUT: &str = "Eda-Dlq-Headers-Cut";
+
+/// The most a dead letter's header block takes: nats-server refuses headers over 64 KiB.
+const MAX_DEAD_LETTER_HEADERS: usize = 60 * 1024;
+/// Header values longer than this are shortened in a dead letter that would pass
+/// [`MAX_DEAD_LETTER_HEADERS`].
+const LONG_HEADER_VALUE: usize = 1024;
 
 /// The longest `Eda-Dlq-Error` value: a dead letter's error must not push it over the
 /// server's message size.
@@ -334,7 +344,31 @@ pub(crate) fn dead_letter_headers(
     if let Some(length) = letter.payload_cut {
         pairs.push((Cow::Borrowed(DLQ_PAYLOAD_CUT), length.to_string()));
     }
+    if header_block_len(&pairs) > MAX_DEAD_LETTER_HEADERS {
+        // Stored shortened rather than refused for ever (the message would come back again
+        // and again): each long value keeps its start and a digest of the whole, so distinct
+        // ids stay distinct (the dead letter's own `Nats-Msg-Id` too).
+        for (_, value) in &mut pairs {
+            if value.len() > LONG_HEADER_VALUE {
+                *value = shortened(value);
+            }
+        }
+        pairs.push((Cow::Borrowed(DLQ_HEADERS_CUT), "true".to_owned()));
+    }
     pairs
+}
+
+/// The first 256 bytes of `value` and the SHA-256 of all of it.
+fn shortened(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest: String = Sha256::digest(value.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}…sha256:{digest}",
+        truncated(value, 256).trim_end_matches('…')
+    )
 }
 
 /// The bytes a header block of `pairs` takes on the wire (`NATS/1.0\r\n`, `name: value\r\n`
@@ -411,6 +445,84 @@ fn header_safe(text: &str) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn where_eda_and_cloudevents_headers_disagree_cloudevents_win() {
+        let pairs = [
+            ("Eda-Source", "billing".to_owned()),
+            ("ce-source", "payments".to_owned()),
+            ("Eda-Version", "1".to_owned()),
+            ("ce-edaversion", "2".to_owned()),
+        ];
+        let decoded = decoded("invoice.sent", &pairs, Some(3));
+        let metadata = &decoded.metadata;
+        assert_eq!((&*metadata.source, metadata.version), ("payments", 2));
+        // The order of the headers does not matter.
+        let reversed: Vec<_> = pairs.iter().rev().cloned().collect();
+        let again = decoded_of("invoice.sent", &reversed);
+        assert_eq!((&*again.source, again.version), ("payments", 2));
+    }
+
+    fn decoded_of(subject: &str, pairs: &[(&str, String)]) -> Arc<Metadata> {
+        decoded(subject, pairs, Some(3)).metadata
+    }
+
+    #[test]
+    fn messages_on_the_dead_letter_stream_that_eda_did_not_write_are_not_dead_letters() {
+        let read = |pairs: &[(&str, &str)]| {
+            dead_letter_from("dlq.s.h", pairs, Bytes::from_static(b"{}"), "events.")
+        };
+        assert!(read(&[]).is_none(), "no headers at all");
+        assert!(
+            read(&[(DLQ_REASON, "permanent")]).is_none(),
+            "no original subject"
+        );
+        assert!(
+            read(&[(ORIGINAL_SUBJECT, "events.a.b"), (DLQ_REASON, "bored")]).is_none(),
+            "an unknown reason"
+        );
+        assert!(read(&[(ORIGINAL_SUBJECT, "events.a.b"), (DLQ_REASON, "permanent")]).is_some());
+    }
+
+    #[test]
+    fn a_dead_letter_of_an_event_with_a_huge_id_fits_under_the_header_limit() {
+        let letter = |id: String| DeadLetter {
+            subject: "dlq.s.h".into(),
+            service: "s".into(),
+            handler: "h".into(),
+            reason: DlqReason::Permanent,
+            error: "declined".into(),
+            attempts: 1,
+            metadata: Arc::new({
+                let mut metadata = Metadata::new("order.placed", 1, "s");
+                metadata.correlation_id = id.clone();
+                metadata.id = id;
+                metadata
+            }),
+            payload: Bytes::new(),
+            payload_cut: None,
+        };
+        let (a, b) = ("a".repeat(30_000), format!("{}b", "a".repeat(29_999)));
+        let headers_a = dead_letter_headers(&letter(a), "events.order.placed");
+        let headers_b = dead_letter_headers(&letter(b), "events.order.placed");
+        assert!(header_block_len(&headers_a) < 64 * 1024);
+        let value = |headers: &[(Cow<'static, str>, String)], name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value(&headers_a, DLQ_HEADERS_CUT).as_deref(), Some("true"));
+        let id_a = value(&headers_a, MSG_ID).unwrap();
+        assert!(id_a.starts_with("s.h.aaa") && id_a.len() < 400, "{id_a}");
+        assert_ne!(
+            id_a,
+            value(&headers_b, MSG_ID).unwrap(),
+            "distinct ids stay distinct"
+        );
+        let short = dead_letter_headers(&letter("7".into()), "events.order.placed");
+        assert_eq!(value(&short, DLQ_HEADERS_CUT), None);
+    }
 
     fn encoded(
         metadata: &Metadata,

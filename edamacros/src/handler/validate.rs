@@ -113,7 +113,11 @@ pub(crate) fn validate(args: &Args, function: &ItemFn, cx: &mut Ctxt) -> Handler
                 let Some(lit) = attr::string(key, value, cx) else {
                     continue;
                 };
-                if let Err(why) = names::check_plain_name(&format!("{key} name"), &lit.value()) {
+                let what = match key.to_string().as_str() {
+                    "name" => "handler name".to_owned(),
+                    other => format!("{other} name"),
+                };
+                if let Err(why) = names::check_plain_name(&what, &lit.value()) {
                     cx.error_spanned_by(&lit, why);
                 }
                 match key.to_string().as_str() {

@@ -724,6 +724,12 @@ fn dead_letter_round_trip(metadata: &Arc<Metadata>, payload: &Bytes, attempts: u
         .collect();
     let back = dead_letter_from(&letter.subject, &headers, payload.clone(), "events.")
         .expect("eda's dead letter reads back");
+    if pairs.iter().any(|(name, _)| name == DLQ_HEADERS_CUT) {
+        // Values too long for the server's header limit are kept shortened, with a digest.
+        assert!(header_block_len(&pairs) < 64 * 1024);
+        assert!(back.metadata.id.contains("…sha256:") || back.metadata.id == metadata.id);
+        return;
+    }
     assert_eq!(back.metadata.id, metadata.id);
     assert_eq!(back.metadata.correlation_id, metadata.correlation_id);
     assert_eq!(back.metadata.version, metadata.version);

@@ -1,0 +1,8 @@
+use eda::prelude::*;
+
+#[event]
+pub struct CaféOuvert {
+    pub id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use eda::prelude::*;
+
+#[event("user.created")]
+pub struct UserCreated {
+    pub id: u64,
+}
+
+#[handler(timeout = "10")]
+async fn on_user(_event: UserCreated) {}
+
+fn main() {}
