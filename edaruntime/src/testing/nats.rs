@@ -406,6 +406,15 @@ impl NatsCluster {
         self.nodes.get(index).map(Node::url)
     }
 
+    /// The monitoring endpoint of node `index` (0-based), `http://127.0.0.1:<port>`: its
+    /// `/jsz?accounts=true&streams=true` reports that node's own copy of each stream (a
+    /// follower's too, unlike stream info, which the leader answers), `/connz` its clients.
+    pub fn monitor_url(&self, index: usize) -> Option<String> {
+        self.nodes
+            .get(index)
+            .map(|n| format!("http://127.0.0.1:{}", n.monitor_port))
+    }
+
     /// How many nodes the cluster has.
     pub fn len(&self) -> usize {
         self.nodes.len()
