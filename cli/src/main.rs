@@ -1,0 +1,154 @@
+//! `eda`: operate eda services on NATS JetStream.
+//!
+//! - `eda status`: streams, consumers, dead letters per handler and reason, schemas.
+//! - `eda dlq list` / `eda dlq show <seq>`: the dead letters.
+//! - `eda catalog <binary>...`: the merged catalog of eda binaries (`EDA_CATALOG=json`).
+//! - `eda permissions <binary>`: the NATS permissions block of a service.
+//!
+//! Errors are one line on stderr and exit code 1; usage errors exit 2.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+mod catalog;
+mod connect;
+mod dlq;
+mod status;
+mod table;
+
+use connect::NatsArgs;
+
+/// Why a command failed: one line for stderr.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl Failure {
+    /// A failure saying `message`.
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure(message.into())
+    }
+}
+
+/// What every command returns.
+pub type Result<T, E = Failure> = std::result::Result<T, E>;
+
+/// Operate eda services: broker status, dead letters, catalogs and permissions.
+#[derive(Debug, Parser)]
+#[command(name = "eda", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Streams, consumers, dead letters per handler and reason, registered schemas.
+    Status {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the dead-letter stream.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Run eda binaries with `EDA_CATALOG=json` and print their merged catalog as JSON.
+    Catalog {
+        /// The service binaries.
+        #[arg(required = true, value_name = "BINARY")]
+        binaries: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Print the NATS permissions block of the service an eda binary runs.
+    Permissions {
+        /// The service binary.
+        #[arg(value_name = "BINARY")]
+        binary: String,
+        /// Check that the binary runs this service.
+        #[arg(value_name = "SERVICE")]
+        service: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+/// How service binaries are run for their catalog.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Give up on a binary that has not printed its catalog after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// One row per dead letter, oldest first.
+    List {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        filter: dlq::Filter,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every header, the error and the payload of the dead letter at a DLQ stream sequence.
+    Show {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// The dead letter's sequence in the dead-letter stream (the `SEQ` column of `list`).
+        #[arg(value_name = "SEQ")]
+        sequence: u64,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `1h`, `30m`, `2d`, `500ms`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (e.g. 30s, 15m, 1h, 2d)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Catalog { binaries, run } => catalog::catalog(&binaries, run.timeout),
+        Command::Permissions {
+            binary,
+            service,
+            run,
+        } => catalog::permissions(&binary, service.as_deref(), run.timeout),
+        Command::Status { nats, json } => block_on(status::status(nats, json)),
+        Command::Dlq { command } => match command {
+            DlqCommand::List { nats, filter, json } => block_on(dlq::list(nats, filter, json)),
+            DlqCommand::Show {
+                nats,
+                sequence,
+                json,
+            } => block_on(dlq::show(nats, sequence, json)),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}")))?
+        .block_on(work)
+}
