@@ -55,6 +55,9 @@ pub struct NatsArgs {
     /// The dead-letter stream.
     #[arg(long, value_name = "NAME", default_value = "EDA_DLQ")]
     pub dlq_stream: String,
+    /// The stream of redriven dead letters.
+    #[arg(long, value_name = "NAME", default_value = "EDA_REDRIVE")]
+    pub redrive_stream: String,
 }
 
 /// A connection to the broker, with eda's stream names.
@@ -68,6 +71,8 @@ pub struct Broker {
     pub events_stream: String,
     /// The dead-letter stream's name.
     pub dlq_stream: String,
+    /// The redrive stream's name.
+    pub redrive_stream: String,
 }
 
 /// Credentials written in a server URL (async-nats does not send them itself).
@@ -162,6 +167,7 @@ impl NatsArgs {
             url,
             events_stream: self.events_stream.clone(),
             dlq_stream: self.dlq_stream.clone(),
+            redrive_stream: self.redrive_stream.clone(),
         })
     }
 }

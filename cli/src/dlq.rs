@@ -41,7 +41,7 @@ pub struct HandlerName {
     pub handler: String,
 }
 
-fn parse_handler(text: &str) -> Result<HandlerName, String> {
+pub(crate) fn parse_handler(text: &str) -> Result<HandlerName, String> {
     let bad = |c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/');
     match text.split_once('/') {
         Some((service, handler))

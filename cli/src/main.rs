@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 mod catalog;
 mod connect;
 mod dlq;
+mod redrive;
 mod status;
 mod table;
 
@@ -98,6 +99,21 @@ enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Send a handler's dead letters back to that handler only (not to every service of the
+    /// event), each confirmed before it leaves the dead-letter stream.
+    Redrive {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        args: redrive::RedriveArgs,
+    },
+    /// Delete a handler's dead letters for good (asks first; `--yes` for scripts).
+    Purge {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        args: redrive::PurgeArgs,
+    },
     /// Every header, the error and the payload of the dead letter at a DLQ stream sequence.
     Show {
         #[command(flatten)]
@@ -128,6 +144,8 @@ fn main() -> ExitCode {
         Command::Status { nats, json } => block_on(status::status(nats, json)),
         Command::Dlq { command } => match command {
             DlqCommand::List { nats, filter, json } => block_on(dlq::list(nats, filter, json)),
+            DlqCommand::Redrive { nats, args } => block_on(redrive::redrive(nats, args)),
+            DlqCommand::Purge { nats, args } => block_on(redrive::purge(nats, args)),
             DlqCommand::Show {
                 nats,
                 sequence,

@@ -63,8 +63,8 @@ impl Backend {
         }
     }
 
-    /// Binds a handler's consumer (creating it if missing); returns its consume loop, to be
-    /// spawned.
+    /// Binds a handler's consumer (creating it if missing; on NATS also the consumer of its
+    /// redriven dead letters); returns its consume loop, to be spawned.
     pub(crate) async fn bind(
         &self,
         runtime: &Arc<HandlerRuntime>,
@@ -86,6 +86,8 @@ impl Backend {
             }
             Backend::Nats(js) => {
                 let info = js.consumer(runtime.durable(), runtime.descriptor).await?;
+                js.redrive_consumer(&runtime.names, runtime.descriptor)
+                    .await?;
                 let acknowledged = info.ack_floor.stream_sequence;
                 let js = Arc::clone(js);
                 Ok(Box::pin(js.consume(runtime, acknowledged, signals)))

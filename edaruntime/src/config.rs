@@ -78,6 +78,10 @@ pub struct Topology {
     pub events_stream: String,
     /// The dead-letter stream, subjects `dlq.>` (default `EDA_DLQ`).
     pub dlq_stream: String,
+    /// The redrive stream, subjects `redrive.<service>.<handler>` (default `EDA_REDRIVE`):
+    /// dead letters an operator sends back to the one handler that gave up on them
+    /// (`eda dlq redrive`). Work-queue retention: a redriven message is gone once handled.
+    pub redrive_stream: String,
     /// The processed-id bucket (default `EDA_PROCESSED`).
     pub processed_bucket: String,
     /// The schema registry bucket (default `EDA_SCHEMAS`).
@@ -101,6 +105,7 @@ impl Default for Topology {
             subject_prefix: "events".into(),
             events_stream: "EDA_EVENTS".into(),
             dlq_stream: "EDA_DLQ".into(),
+            redrive_stream: "EDA_REDRIVE".into(),
             processed_bucket: "EDA_PROCESSED".into(),
             schemas_bucket: "EDA_SCHEMAS".into(),
             replicas: None,

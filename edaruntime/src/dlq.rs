@@ -76,13 +76,24 @@ pub struct DeadLetter {
     /// The original payload's length in bytes when `payload` holds only its beginning (fetch
     /// the whole message from the event stream by `metadata.sequence`); `None` when whole.
     pub payload_cut: Option<usize>,
+    /// Set when the message given up on was itself a redriven dead letter (`eda dlq
+    /// redrive`): its sequence on the redrive stream. Not read back from a stored letter.
+    pub redrive: Option<u64>,
 }
 
 impl DeadLetter {
     /// The dead letter's own `Nats-Msg-Id`: `<service>.<handler>.<event id>`, so that one
-    /// event dead-lettered by two handlers is stored twice and a retried publish once.
+    /// event dead-lettered by two handlers is stored twice and a retried publish once; a
+    /// redriven message given up on again adds `.redrive-<sequence>`, so that the broker's
+    /// duplicate window does not take its new dead letter for the first one.
     pub fn message_id(&self) -> String {
-        format!("{}.{}.{}", self.service, self.handler, self.metadata.id)
+        match self.redrive {
+            None => format!("{}.{}.{}", self.service, self.handler, self.metadata.id),
+            Some(sequence) => format!(
+                "{}.{}.{}.redrive-{sequence}",
+                self.service, self.handler, self.metadata.id
+            ),
+        }
     }
 }
 

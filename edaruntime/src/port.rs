@@ -62,6 +62,10 @@ pub(crate) struct Delivery {
     /// `Nats-Msg-Id`): names the stream's incarnation, so that the sequences of a recreated
     /// stream are not taken for the old stream's in idempotency keys.
     pub(crate) id_epoch: Option<Arc<str>>,
+    /// Set for a dead letter sent back to its handler (`eda dlq redrive`): the message's
+    /// sequence on the redrive stream. What belongs to the message rather than to the event
+    /// (hand-backs, the dead-letter decision, the new dead letter's id) is keyed apart.
+    pub(crate) redrive: Option<u64>,
 }
 
 /// Settles one delivered message with the broker. Cheap to clone (a running handler's

@@ -396,18 +396,7 @@ pub(crate) fn dead_letter_from<'h>(
             .map(|(_, value)| *value)
     };
     let owned = |key: &str| header(key).map(str::to_owned);
-    let original_subject = header(ORIGINAL_SUBJECT)?;
-    let name = original_subject
-        .strip_prefix(prefix)
-        .unwrap_or(original_subject);
-    let sequence = header(ORIGINAL_SEQ).and_then(|s| s.parse().ok());
-    // The event's own headers, with its id in place of the dead letter's.
-    let original = headers.iter().filter_map(|&(key, value)| match key {
-        MSG_ID => None,
-        ORIGINAL_ID => Some((MSG_ID, value)),
-        _ => Some((key, value)),
-    });
-    let decoded = decode(name, original, sequence, None);
+    let decoded = original_event(headers, prefix, None)?;
     let mut parts = subject.splitn(3, '.').skip(1);
     Some(DeadLetter {
         service: parts.next().unwrap_or_default().to_owned(),
@@ -420,8 +409,40 @@ pub(crate) fn dead_letter_from<'h>(
         metadata: decoded.metadata,
         payload,
         payload_cut: header(DLQ_PAYLOAD_CUT).and_then(|n| n.parse().ok()),
+        redrive: None,
         subject: subject.to_owned(),
     })
+}
+
+/// The event a dead letter holds, from the dead letter's headers: its name from
+/// `Eda-Original-Subject` (less `prefix`, the event subjects' prefix with its dot), its id from
+/// `Eda-Original-Id`, its stream sequence from `Eda-Original-Seq`, the rest as the event
+/// carried them. `None` without `Eda-Original-Subject` (not a dead letter eda wrote). Reads
+/// stored dead letters and the redriven ones a handler's redrive consumer delivers (`eda dlq
+/// redrive` sends a dead letter back with its headers as they are stored).
+pub(crate) fn original_event(
+    headers: &[(&str, &str)],
+    prefix: &str,
+    stored: Option<SystemTime>,
+) -> Option<Decoded> {
+    let header = |key: &str| {
+        headers
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| *value)
+    };
+    let original_subject = header(ORIGINAL_SUBJECT)?;
+    let name = original_subject
+        .strip_prefix(prefix)
+        .unwrap_or(original_subject);
+    let sequence = header(ORIGINAL_SEQ).and_then(|s| s.parse().ok());
+    // The event's own headers, with its id in place of the dead letter's.
+    let original = headers.iter().filter_map(|&(key, value)| match key {
+        MSG_ID => None,
+        ORIGINAL_ID => Some((MSG_ID, value)),
+        _ => Some((key, value)),
+    });
+    Some(decode(name, original, sequence, stored))
 }
 
 /// At most `max` bytes of `text` (on a character boundary), marked when cut.
@@ -501,6 +522,7 @@ mod tests {
             }),
             payload: Bytes::new(),
             payload_cut: None,
+            redrive: None,
         };
         let (a, b) = ("a".repeat(30_000), format!("{}b", "a".repeat(29_999)));
         let headers_a = dead_letter_headers(&letter(a), "events.order.placed");
@@ -724,6 +746,7 @@ mod tests {
             metadata: Arc::new(metadata),
             payload: Bytes::from_static(b"{\"id\":1"),
             payload_cut: Some(4096),
+            redrive: None,
         };
         let pairs = dead_letter_headers(&letter, "events.order.placed");
         assert!(header_block_len(&pairs) > 100);

@@ -21,13 +21,15 @@ use crate::port::{Acknowledge, Delivery, Source};
 /// How long a stopping loop waits for its hand-back naks to be sent.
 const HAND_BACK_LIMIT: Duration = Duration::from_secs(5);
 
-/// Runs one app instance's share of a handler's consumer until `signals` says stop.
+/// Runs one app instance's share of a handler's consumer until `signals` says stop, with
+/// at most `concurrency` of the source's messages in the handler at once.
 pub(crate) async fn drive<S: Source>(
     runtime: Arc<HandlerRuntime>,
     mut source: S,
     signals: Signals,
+    concurrency: usize,
 ) {
-    let concurrency = runtime.options().concurrency.max(1) as usize;
+    let concurrency = concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
     let hand_backs = Arc::new(Outstanding::default());

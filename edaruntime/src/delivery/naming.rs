@@ -1,6 +1,8 @@
 //! Every name delivery derives from a service and a handler, in one place: the durable
 //! consumer instances share, the dead-letter subject, the idempotency keys.
 
+use std::borrow::Cow;
+
 /// The names of one handler of one service.
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
@@ -8,6 +10,12 @@ pub(crate) struct Names {
     pub(crate) durable: String,
     /// `dlq.<service>.<handler>`.
     pub(crate) dlq_subject: String,
+    /// `<service>__<handler>__redrive`: the durable consumer of the handler's redriven dead
+    /// letters on the redrive stream.
+    pub(crate) redrive_durable: String,
+    /// `redrive.<service>.<handler>`: where `eda dlq redrive` sends this handler's dead
+    /// letters back.
+    pub(crate) redrive_subject: String,
     /// `<service>.<handler>.`: what idempotency keys start with.
     key_prefix: String,
 }
@@ -17,6 +25,8 @@ impl Names {
         Names {
             durable: format!("{service}__{handler}"),
             dlq_subject: format!("dlq.{service}.{handler}"),
+            redrive_durable: format!("{service}__{handler}__redrive"),
+            redrive_subject: format!("redrive.{service}.{handler}"),
             key_prefix: format!("{service}.{handler}."),
         }
     }
@@ -46,6 +56,17 @@ impl Names {
     pub(crate) fn dead_letter_key(idempotency_key: &str) -> String {
         format!("dlq.{idempotency_key}")
     }
+
+    /// The key of what belongs to one message rather than to its event (hand-backs, the
+    /// dead-letter decision): a redriven dead letter (`redrive`: its sequence on the redrive
+    /// stream) is a new message of the same event, and must not inherit the decision that
+    /// sent it to the dead-letter stream.
+    pub(crate) fn message_key(idempotency_key: &str, redrive: Option<u64>) -> Cow<'_, str> {
+        match redrive {
+            None => Cow::Borrowed(idempotency_key),
+            Some(sequence) => Cow::Owned(format!("{idempotency_key}.redrive-{sequence}")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -57,6 +78,16 @@ mod tests {
         let names = Names::new("billing", "charge");
         assert_eq!(names.durable, "billing__charge");
         assert_eq!(names.dlq_subject, "dlq.billing.charge");
+        assert_eq!(names.redrive_durable, "billing__charge__redrive");
+        assert_eq!(names.redrive_subject, "redrive.billing.charge");
+        assert_eq!(
+            Names::message_key("billing.charge.0190", None),
+            "billing.charge.0190"
+        );
+        assert_eq!(
+            Names::message_key("billing.charge.0190", Some(4)),
+            "billing.charge.0190.redrive-4"
+        );
         assert_eq!(names.idempotency_key("0190", None), "billing.charge.0190");
         assert_eq!(
             names.idempotency_key("7", Some("EDA_EVENTS-1700000000")),

@@ -204,6 +204,7 @@ impl HandlerRuntime {
         // this handler's intake instead of piling up messages.
         let mut permit = permit;
         let epoch = delivery.id_epoch.clone();
+        let redrive = delivery.redrive;
         let processed = self
             .process(delivery, key.as_deref(), &mut permit, probe)
             .await;
@@ -211,7 +212,7 @@ impl HandlerRuntime {
             Processed::Decided(decision) => decision,
             Processed::HandBack { delay, why } => {
                 tracing::warn!(delay = ?delay, "{why}; handing the message back (not counted as an attempt)");
-                let key = self.hand_back_key(&raw.metadata().id, epoch.as_deref());
+                let key = self.hand_back_key(&raw.metadata().id, epoch.as_deref(), redrive);
                 self.count_hand_back(&key).await;
                 self.metrics.handed_back().increment(1);
                 Box::pin(settlement.nak(delay)).await;
@@ -246,7 +247,7 @@ impl HandlerRuntime {
                 Box::pin(settlement.nak(delay)).await;
             }
             Decision::DeadLetter { reason, error } => {
-                Box::pin(self.dead_letter(&raw, reason, error, settlement, key)).await;
+                Box::pin(self.dead_letter(&raw, reason, error, settlement, key, redrive)).await;
             }
         }
     }
@@ -260,8 +261,9 @@ impl HandlerRuntime {
 
     /// Where the hand-backs of the message of event `id` are counted (with or without
     /// idempotency records).
-    fn hand_back_key(&self, id: &str, epoch: Option<&str>) -> String {
-        Names::hand_back_key(&self.names.idempotency_key(id, epoch))
+    fn hand_back_key(&self, id: &str, epoch: Option<&str>, redrive: Option<u64>) -> String {
+        let key = self.names.idempotency_key(id, epoch);
+        Names::hand_back_key(&Names::message_key(&key, redrive))
     }
 
     /// Counts a hand-back of a message that did not reach its handler, or reached it as a
@@ -282,7 +284,8 @@ impl HandlerRuntime {
     ) -> bool {
         if self.options().idempotent != Idempotency::Off || self.breaker.is_some() {
             let metadata = delivery.raw.metadata();
-            let key = self.hand_back_key(&metadata.id, delivery.id_epoch.as_deref());
+            let key =
+                self.hand_back_key(&metadata.id, delivery.id_epoch.as_deref(), delivery.redrive);
             self.count_hand_back(&key).await;
         }
         self.metrics.handed_back().increment(1);
@@ -308,10 +311,12 @@ impl HandlerRuntime {
             return delivery;
         }
         let key = match key {
-            Some(key) => Names::hand_back_key(key),
-            None if self.breaker.is_some() => {
-                self.hand_back_key(&delivery.raw.metadata().id, delivery.id_epoch.as_deref())
-            }
+            Some(key) => Names::hand_back_key(&Names::message_key(key, delivery.redrive)),
+            None if self.breaker.is_some() => self.hand_back_key(
+                &delivery.raw.metadata().id,
+                delivery.id_epoch.as_deref(),
+                delivery.redrive,
+            ),
             // No records and no breaker: hand-backs (at shutdown only) are not counted.
             None => return delivery,
         };
@@ -339,6 +344,7 @@ impl HandlerRuntime {
         error: String,
         settlement: Settlement<A>,
         key: Option<String>,
+        redrive: Option<u64>,
     ) {
         let attempt = raw.attempt();
         let event = &*raw.metadata().name;
@@ -352,6 +358,7 @@ impl HandlerRuntime {
             metadata: Arc::clone(raw.metadata_arc()),
             payload: raw.payload_bytes().clone(),
             payload_cut: None,
+            redrive,
         };
         let started = tokio::time::Instant::now();
         let mut tries = 0u32;
@@ -387,7 +394,7 @@ impl HandlerRuntime {
         if let Some(key) = &key {
             if let Err(e) = self
                 .store
-                .record_dead_letter(&Names::dead_letter_key(key))
+                .record_dead_letter(&Names::dead_letter_key(&Names::message_key(key, redrive)))
                 .await
             {
                 tracing::warn!(error = %e, "cannot record the dead-letter decision; should the terminate fail, a redelivery dead-letters it again (deduplicated)");
@@ -410,6 +417,7 @@ impl HandlerRuntime {
             raw,
             redelivered,
             header_error,
+            redrive,
             ..
         } = delivery;
         let options = self.options();
@@ -427,7 +435,8 @@ impl HandlerRuntime {
             // The dead-letter record is read only for a redelivery of this very message (its
             // terminate was not confirmed): a first delivery of the same id — a producer
             // sending it again, a redrive — is handled afresh.
-            let dead_letter_key = (attempt > 1).then(|| Names::dead_letter_key(key));
+            let dead_letter_key =
+                (attempt > 1).then(|| Names::dead_letter_key(&Names::message_key(key, redrive)));
             match self.look_up(key, dead_letter_key.as_deref()).await {
                 Ok(Some(Found::Processed)) => return Processed::Decided(Decision::Duplicate),
                 Ok(Some(Found::DeadLettered)) => return Processed::AlreadyDeadLettered,

@@ -208,7 +208,8 @@ impl MemoryBroker {
             inner: Arc::clone(&self.inner),
             consumer: Arc::clone(&consumer),
         };
-        driver::drive(runtime, source, signals).await;
+        let concurrency = runtime.options().concurrency as usize;
+        driver::drive(runtime, source, signals, concurrency).await;
         // A wake-up this worker took but did not use belongs to another instance.
         consumer.notify.notify_one();
     }
@@ -239,6 +240,7 @@ impl Source for MemorySource {
             redelivered: queued.deliveries > 1,
             header_error: None,
             id_epoch: None,
+            redrive: None,
         };
         let ack = MemoryAck {
             inner: Arc::clone(&self.inner),

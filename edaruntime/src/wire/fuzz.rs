@@ -708,6 +708,7 @@ fn dead_letter_round_trip(metadata: &Arc<Metadata>, payload: &Bytes, attempts: u
         metadata: Arc::clone(metadata),
         payload: payload.clone(),
         payload_cut: None,
+        redrive: None,
     };
     let original_subject = format!("events.{}", metadata.subject);
     let pairs = dead_letter_headers(&letter, &original_subject);
@@ -1013,6 +1014,7 @@ proptest! {
             metadata: Arc::new(original),
             payload: Bytes::from(payload),
             payload_cut,
+            redrive: None,
         };
         let original_subject = format!("events.{}", letter.metadata.subject);
         let pairs = dead_letter_headers(&letter, &original_subject);

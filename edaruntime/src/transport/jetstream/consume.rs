@@ -73,36 +73,36 @@ impl JetStream {
             }
             None => None,
         };
-        let source = PullSource {
-            subject: format!(
-                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-                self.settings.topology.events_stream,
-                runtime.durable()
-            ),
-            inbox: self.client.new_inbox(),
-            prefix: self.subject_prefix(),
-            js: self,
-            runtime: Arc::clone(&runtime),
-            subscription: None,
-            requested: 0,
-            top_up: (runtime.options().concurrency.max(1) as usize / 4).max(1),
-            heard: Instant::now(),
-            expires_at: Instant::now(),
-            epoch,
-            seen_before: 0,
-            highest: 0,
-        };
-        driver::drive(runtime, source, signals).await;
+        let concurrency = runtime.options().concurrency.max(1) as usize;
+        let events = PullSource::new(&self, &runtime, Pulled::Events, concurrency, &epoch);
+        // Redriven dead letters: one at a time, beside the handler's new messages.
+        let redrive = PullSource::new(&self, &runtime, Pulled::Redrive, 1, &epoch);
+        futures_util::future::join(
+            driver::drive(Arc::clone(&runtime), events, signals.clone(), concurrency),
+            driver::drive(runtime, redrive, signals, 1),
+        )
+        .await;
         if let Some(follower) = follower {
             follower.abort();
         }
     }
 }
 
+/// Which of a handler's two durable consumers a [`PullSource`] pulls from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pulled {
+    /// `<service>__<handler>` on the event stream.
+    Events,
+    /// `<service>__<handler>__redrive` on the redrive stream: the handler's dead letters an
+    /// operator sent back (`eda dlq redrive`), delivered as the events they hold.
+    Redrive,
+}
+
 /// One instance's share of a handler's durable consumer, pulled with eda's own requests.
 pub(super) struct PullSource {
     pub(super) js: Arc<JetStream>,
     pub(super) runtime: Arc<HandlerRuntime>,
+    pub(super) pulled: Pulled,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`.
     subject: String,
     inbox: String,
@@ -260,6 +260,44 @@ fn unfilled(status: &async_nats::Message) -> Option<usize> {
 }
 
 impl PullSource {
+    fn new(
+        js: &Arc<JetStream>,
+        runtime: &Arc<HandlerRuntime>,
+        pulled: Pulled,
+        concurrency: usize,
+        epoch: &Arc<str>,
+    ) -> PullSource {
+        let t = &js.settings.topology;
+        let (stream, durable) = match pulled {
+            Pulled::Events => (&t.events_stream, &runtime.names.durable),
+            Pulled::Redrive => (&t.redrive_stream, &runtime.names.redrive_durable),
+        };
+        PullSource {
+            subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+            inbox: js.client.new_inbox(),
+            prefix: js.subject_prefix(),
+            js: Arc::clone(js),
+            runtime: Arc::clone(runtime),
+            pulled,
+            subscription: None,
+            requested: 0,
+            top_up: (concurrency / 4).max(1),
+            heard: Instant::now(),
+            expires_at: Instant::now(),
+            epoch: Arc::clone(epoch),
+            seen_before: 0,
+            highest: 0,
+        }
+    }
+
+    /// The durable consumer this source pulls from.
+    pub(super) fn durable(&self) -> &str {
+        match self.pulled {
+            Pulled::Events => &self.runtime.names.durable,
+            Pulled::Redrive => &self.runtime.names.redrive_durable,
+        }
+    }
+
     /// Hands back a message that never reached its handler, counting the hand-back so that
     /// its next delivery does not take it for an attempt.
     async fn hand_back_unstarted(&mut self, message: async_nats::Message) {
@@ -328,7 +366,7 @@ impl PullSource {
         description: Option<&str>,
         unfilled: Option<usize>,
     ) -> Option<Duration> {
-        let durable = self.runtime.durable();
+        let durable = self.durable().to_owned();
         if let (StatusCode::TIMEOUT | StatusCode::NOT_FOUND, Some(unfilled)) = (status, unfilled) {
             self.requested = self.requested.saturating_sub(unfilled);
         } else {
@@ -372,15 +410,35 @@ impl PullSource {
             self.js.ack_for(reply).terminate_now().await;
             return None;
         };
-        self.highest = self.highest.max(info.stream_sequence);
         let subject = message.subject.as_str();
-        let name = subject.strip_prefix(&self.prefix).unwrap_or(subject);
-        let decoded = wire::decode(
-            name,
-            super::header_pairs(message.headers.as_ref()),
-            Some(info.stream_sequence),
-            Some(info.published),
-        );
+        let (decoded, redrive) = match self.pulled {
+            Pulled::Events => {
+                self.highest = self.highest.max(info.stream_sequence);
+                let name = subject.strip_prefix(&self.prefix).unwrap_or(subject);
+                let decoded = wire::decode(
+                    name,
+                    super::header_pairs(message.headers.as_ref()),
+                    Some(info.stream_sequence),
+                    Some(info.published),
+                );
+                (decoded, None)
+            }
+            Pulled::Redrive => {
+                let pairs: Vec<_> = super::header_pairs(message.headers.as_ref()).collect();
+                // Not a dead letter eda wrote: decoded as itself, so that its handler's decode
+                // fails and it becomes a dead letter of its own.
+                let decoded = wire::original_event(&pairs, &self.prefix, Some(info.published))
+                    .unwrap_or_else(|| {
+                        wire::decode(
+                            subject,
+                            pairs.iter().copied(),
+                            Some(info.stream_sequence),
+                            Some(info.published),
+                        )
+                    });
+                (decoded, Some(info.stream_sequence))
+            }
+        };
         let id_epoch = (!decoded.id_from_header).then(|| Arc::clone(&self.epoch));
         let attempt = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
         let delivery = Delivery {
@@ -388,19 +446,27 @@ impl PullSource {
             redelivered: attempt > 1 || info.stream_sequence <= self.seen_before,
             header_error: decoded.error,
             id_epoch,
+            redrive,
         };
         Some((delivery, self.js.ack_for(reply)))
     }
 
+    /// Readiness follows the handler's consumer on the event stream alone.
     pub(super) fn bound(&self) {
-        self.runtime.bound.store(true, Ordering::SeqCst);
+        if self.pulled == Pulled::Events {
+            self.runtime.bound.store(true, Ordering::SeqCst);
+        }
     }
 
     fn unbound(&self, why: &str) {
-        if self.runtime.bound.swap(false, Ordering::SeqCst) {
-            tracing::warn!(consumer = %self.runtime.durable(), "{why}");
+        let was_bound = match self.pulled {
+            Pulled::Events => self.runtime.bound.swap(false, Ordering::SeqCst),
+            Pulled::Redrive => false,
+        };
+        if was_bound {
+            tracing::warn!(consumer = %self.durable(), "{why}");
         } else {
-            tracing::debug!(consumer = %self.runtime.durable(), "{why}");
+            tracing::debug!(consumer = %self.durable(), "{why}");
         }
     }
 }

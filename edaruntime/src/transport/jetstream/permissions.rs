@@ -74,6 +74,7 @@ pub(crate) fn permissions_for(
     for stream in [
         t.events_stream.clone(),
         t.dlq_stream.clone(),
+        t.redrive_stream.clone(),
         format!("KV_{}", t.processed_bucket),
         format!("KV_{}", t.schemas_bucket),
     ] {
@@ -106,12 +107,18 @@ pub(crate) fn permissions_for(
     publish.push(format!("dlq.{service}.>"));
     for handler in handlers_of(catalog, service, only) {
         let names = Names::new(service, &handler.name);
-        let (stream, durable) = (&t.events_stream, &names.durable);
-        publish.push(format!("{api}.CONSUMER.INFO.{stream}.{durable}"));
-        publish.push(format!("{api}.CONSUMER.CREATE.{stream}.{durable}.>"));
-        publish.push(format!("{api}.CONSUMER.MSG.NEXT.{stream}.{durable}"));
-        publish.push(format!("$JS.ACK.{stream}.{durable}.>"));
+        // Its consumer on the event stream, and the one of its redriven dead letters.
+        for (stream, durable) in [
+            (&t.events_stream, &names.durable),
+            (&t.redrive_stream, &names.redrive_durable),
+        ] {
+            publish.push(format!("{api}.CONSUMER.INFO.{stream}.{durable}"));
+            publish.push(format!("{api}.CONSUMER.CREATE.{stream}.{durable}.>"));
+            publish.push(format!("{api}.CONSUMER.MSG.NEXT.{stream}.{durable}"));
+            publish.push(format!("$JS.ACK.{stream}.{durable}.>"));
+        }
         if handler.options.breaker.is_some() {
+            let (stream, durable) = (&t.events_stream, &names.durable);
             publish.push(format!("{api}.CONSUMER.PAUSE.{stream}.{durable}"));
         }
         match &handler.emits {
@@ -214,6 +221,9 @@ mod tests {
             "$JS.API.CONSUMER.MSG.NEXT.EDA_EVENTS.notifications__welcome",
             "$JS.API.CONSUMER.CREATE.EDA_EVENTS.notifications__audit.>",
             "$JS.ACK.EDA_EVENTS.notifications__welcome.>",
+            "$JS.API.CONSUMER.MSG.NEXT.EDA_REDRIVE.notifications__welcome__redrive",
+            "$JS.ACK.EDA_REDRIVE.notifications__audit__redrive.>",
+            "$JS.API.STREAM.INFO.EDA_REDRIVE",
             "events.welcome.sent",
             "events.mail.queued",
             "dlq.notifications.>",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream};
 
 use super::JetStream;
+use crate::delivery::naming::Names;
 use crate::error::{Error, ErrorKind, Provisioned};
 use crate::handler::{HandlerDescriptor, Start};
 
@@ -29,11 +30,20 @@ impl JetStream {
             &t.events_stream,
             &format!("{}.>", t.subject_prefix),
             t.max_age,
+            Retention::EVENTS,
         )
         .await?;
         // Dead letters wait for someone to look at them: no age limit.
-        self.ensure_stream(&t.dlq_stream, "dlq.>", Duration::ZERO)
+        self.ensure_stream(&t.dlq_stream, "dlq.>", Duration::ZERO, Retention::EVENTS)
             .await?;
+        // Redriven dead letters wait for their handler, and go once it has them.
+        self.ensure_stream(
+            &t.redrive_stream,
+            "redrive.>",
+            Duration::ZERO,
+            Retention::REDRIVE,
+        )
+        .await?;
         self.ensure_bucket(&t.processed_bucket, t.processed_ttl)
             .await?;
         let schemas = self
@@ -47,13 +57,14 @@ impl JetStream {
         name: &str,
         subject: &str,
         max_age: Duration,
+        retention: Retention,
     ) -> Result<(), Error> {
         let t = &self.settings.topology;
         let wanted = stream::Config {
             name: name.to_owned(),
             subjects: vec![subject.to_owned()],
             storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::Limits,
+            retention: retention.policy,
             duplicate_window: t.duplicate_window,
             max_age,
             num_replicas: self.replicas,
@@ -65,7 +76,7 @@ impl JetStream {
                     let info = existing.info().await.map_err(|e| {
                         Error::with_source(STREAM, format!("cannot read stream `{name}`: {e}"), e)
                     })?;
-                    return self.check_stream(name, subject, &info.config);
+                    return self.check_stream(name, subject, retention, &info.config);
                 }
                 Err(e) if is_code(&e, jetstream::ErrorCode::STREAM_NOT_FOUND) => {
                     match self.create_stream(wanted.clone()).await {
@@ -99,12 +110,13 @@ impl JetStream {
         ))
     }
 
-    /// An existing stream must carry eda's subjects with limits retention; eda never rewrites
-    /// a stream it finds.
+    /// An existing stream must carry eda's subjects with the retention eda gives it; eda never
+    /// rewrites a stream it finds.
     fn check_stream(
         &self,
         name: &str,
         subject: &str,
+        retention: Retention,
         config: &stream::Config,
     ) -> Result<(), Error> {
         let mut problems = Vec::new();
@@ -114,10 +126,10 @@ impl JetStream {
                 config.subjects
             ));
         }
-        if config.retention != stream::RetentionPolicy::Limits {
+        if config.retention != retention.policy {
             problems.push(format!(
-                "stream `{name}` exists with `retention` {:?}, but eda needs `limits` (every service reads every event)",
-                config.retention
+                "stream `{name}` exists with `retention` {:?}, but eda needs {}",
+                config.retention, retention.why
             ));
         }
         if let Some(replicas) = self.settings.topology.replicas {
@@ -205,6 +217,30 @@ impl JetStream {
             .await
     }
 
+    /// The durable consumer of a handler's redriven dead letters (`redrive.<service>.<handler>`
+    /// on the redrive stream), created if missing. It delivers everything on its subject: the
+    /// stream is a work queue, so what is there is what was not handled yet.
+    pub(crate) async fn redrive_consumer(
+        &self,
+        names: &Names,
+        descriptor: &HandlerDescriptor,
+    ) -> Result<consumer::Info, Error> {
+        let t = &self.settings.topology;
+        let stream = self.stream(&t.redrive_stream, CONSUMER).await?;
+        let wanted = consumer::pull::Config {
+            durable_name: Some(names.redrive_durable.clone()),
+            filter_subject: names.redrive_subject.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: t.ack_wait,
+            max_deliver: -1,
+            max_ack_pending: max_ack_pending(1),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        self.bind_consumer(&stream, &names.redrive_durable, descriptor, wanted)
+            .await
+    }
+
     /// What eda asks of a handler's consumer; `start_after` makes it start after that stream
     /// sequence (a consumer recreated where the old one was) instead of the handler's `start`.
     fn consumer_config(
@@ -271,7 +307,6 @@ impl JetStream {
         descriptor: &HandlerDescriptor,
         wanted: consumer::pull::Config,
     ) -> Result<consumer::Info, Error> {
-        let t = &self.settings.topology;
         match stream.consumer_info(durable).await {
             Ok(info) => {
                 let have = &info.config;
@@ -312,7 +347,7 @@ impl JetStream {
                     if stream.consumer_info(durable).await.is_err() {
                         let message = format!(
                             "cannot create consumer `{durable}` on `{}`: {create_error}",
-                            t.events_stream
+                            stream.cached_info().config.name
                         );
                         return Err(Error::with_source(CONSUMER, message, create_error));
                     }
@@ -331,6 +366,26 @@ impl JetStream {
             )
         })
     }
+}
+
+/// The retention eda gives a stream, and why (for the message when a stream has another).
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    policy: stream::RetentionPolicy,
+    why: &'static str,
+}
+
+impl Retention {
+    /// Events and dead letters: every service reads every event.
+    const EVENTS: Retention = Retention {
+        policy: stream::RetentionPolicy::Limits,
+        why: "`limits` (every service reads every event)",
+    };
+    /// Redriven dead letters: one consumer per subject, a message gone once handled.
+    const REDRIVE: Retention = Retention {
+        policy: stream::RetentionPolicy::WorkQueue,
+        why: "`workqueue` (a redriven dead letter goes once its handler has it)",
+    };
 }
 
 /// Messages the broker may hold unacked for one consumer (all instances together).

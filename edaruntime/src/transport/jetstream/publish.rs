@@ -207,6 +207,7 @@ mod tests {
             metadata: Arc::new(Metadata::new("order.placed", 1, "s")),
             payload: Bytes::from(vec![b'x'; payload]),
             payload_cut: None,
+            redrive: None,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::consume::PullSource;
+use super::consume::{PullSource, Pulled};
 use super::JetStream;
 
 impl JetStream {
@@ -24,6 +24,14 @@ impl PullSource {
     /// If the event stream itself was recreated (it took its consumers with it), the new one
     /// starts over: the handler's `start` policy, fresh positions and a new epoch.
     pub(super) async fn check_consumer(&mut self) {
+        if self.pulled == Pulled::Redrive {
+            // A work queue holds only what is not handled yet: recreated, it delivers that.
+            let (names, descriptor) = (&self.runtime.names, self.runtime.descriptor);
+            if let Err(e) = self.js.redrive_consumer(names, descriptor).await {
+                tracing::error!(consumer = %names.redrive_durable, error = %e, "cannot bind the redrive consumer; trying again");
+            }
+            return;
+        }
         let durable = self.runtime.durable().to_owned();
         match self.js.consumer_exists(&durable).await {
             Ok(true) | Err(_) => return,
