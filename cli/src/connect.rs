@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use async_nats::ServerAddr;
 use clap::Args;
+use eda::config::redacted_url;
+use eda::{NatsAuth, NatsSettings};
 
 use crate::{Failure, Result};
 
@@ -49,6 +50,30 @@ pub struct NatsArgs {
     /// CA certificate (PEM) for TLS.
     #[arg(long, env = "EDA_NATS_TLS_CA", value_name = "PATH")]
     pub tls_ca: Option<PathBuf>,
+    /// NKey user seed (the `SU...` line); wins over the other credentials.
+    #[arg(
+        long,
+        env = "EDA_NATS_NKEY",
+        value_name = "SEED",
+        hide_env_values = true
+    )]
+    pub nkey: Option<String>,
+    /// Client certificate (PEM) for mutual TLS (with --tls-key).
+    #[arg(
+        long,
+        env = "EDA_NATS_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "EDA_NATS_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// The event stream.
     #[arg(long, value_name = "NAME", default_value = "EDA_EVENTS")]
     pub events_stream: String,
@@ -75,198 +100,55 @@ pub struct Broker {
     pub redrive_stream: String,
 }
 
-/// Credentials written in a server URL (async-nats does not send them itself).
-enum UrlAuth {
-    UserPassword(String, String),
-    Token(String),
-}
-
 impl NatsArgs {
-    /// Connects within [`CONNECT_TIMEOUT`] and checks that JetStream is enabled.
-    pub async fn connect(&self) -> Result<Broker> {
-        let url = redacted_url(&self.url);
-        let mut addresses = Vec::new();
-        let mut url_auth = None;
-        for one in self.url.split(',').map(str::trim) {
-            match one.split_once("://") {
-                Some(("nats" | "tls", rest)) if !rest.is_empty() => {}
-                _ => {
-                    return Err(Failure::new(format!(
-                        "bad NATS URL `{}`: expected a nats:// or tls:// URL (or a comma-separated list), e.g. nats://127.0.0.1:4222",
-                        redacted_url(one)
-                    )))
-                }
-            }
-            let address: ServerAddr = one
-                .parse()
-                .map_err(|e| Failure::new(format!("bad NATS URL `{}`: {e}", redacted_url(one))))?;
-            let (address, auth) = without_credentials(address, &url)?;
-            if url_auth.is_none() {
-                url_auth = auth;
-            }
-            addresses.push(address);
-        }
-        let mut options = async_nats::ConnectOptions::new()
-            .name("eda-cli")
-            .connection_timeout(CONNECT_TIMEOUT)
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .max_reconnects(Some(0));
+    /// The runtime's settings for these options (the same precedence as a service's
+    /// environment: creds, then user/password, then token, then NKey).
+    fn settings(&self) -> NatsSettings {
+        let mut settings = NatsSettings::new(self.url.clone());
+        settings.connect_timeout = CONNECT_TIMEOUT;
         if let Some(path) = &self.creds {
-            options = options.credentials_file(path).await.map_err(|e| {
-                Failure::new(format!(
-                    "cannot read credentials file `{}`: {e}",
-                    path.display()
-                ))
-            })?;
+            settings.auth = NatsAuth::CredentialsFile(path.clone());
         }
-        let explicit = self.creds.is_some() || self.user.is_some() || self.token.is_some();
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(token) = &self.token {
-            options = options.token(token.clone());
-        }
-        if !explicit {
-            options = match url_auth {
-                Some(UrlAuth::UserPassword(user, password)) => {
-                    options.user_and_password(user, password)
-                }
-                Some(UrlAuth::Token(token)) => options.token(token),
-                None => options,
+            settings.auth = NatsAuth::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
             };
         }
-        if let Some(ca) = &self.tls_ca {
-            if !ca.is_file() {
-                return Err(Failure::new(format!(
-                    "TLS CA `{}` is not a readable file",
-                    ca.display()
-                )));
-            }
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        if let Some(token) = &self.token {
+            settings.auth = NatsAuth::Token(token.clone());
         }
-        let attempt = tokio::time::timeout(
-            CONNECT_TIMEOUT + Duration::from_secs(1),
-            options.connect(addresses),
-        )
-        .await;
-        let client = match attempt {
-            Err(_) => return Err(unreachable_server(&url, &no_answer())),
-            Ok(Err(e)) => return Err(connect_error(&url, e)),
-            Ok(Ok(client)) => client,
-        };
-        if !client.server_info().jetstream {
-            return Err(Failure::new(format!(
-                "the NATS server at `{url}` has JetStream disabled, so it holds no eda streams: is this the server eda services use?"
-            )));
+        if let Some(seed) = &self.nkey {
+            settings.auth = NatsAuth::Nkey(seed.clone());
         }
+        settings.tls_ca = self.tls_ca.clone();
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            settings.tls_client_cert = Some((cert.clone(), key.clone()));
+        }
+        settings
+    }
+
+    /// Connects as eda services do (credentials, also in the URL, TLS, mutual TLS), within
+    /// [`CONNECT_TIMEOUT`], to a server with JetStream.
+    pub async fn connect(&self) -> Result<Broker> {
+        let options = async_nats::ConnectOptions::new()
+            .name("eda-cli")
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .max_reconnects(Some(0));
+        let client = eda::connect_client(&self.settings(), options)
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
         let js = jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
             .build(client);
         Ok(Broker {
             js,
-            url,
+            url: redacted_url(&self.url),
             events_stream: self.events_stream.clone(),
             dlq_stream: self.dlq_stream.clone(),
             redrive_stream: self.redrive_stream.clone(),
         })
     }
-}
-
-fn unreachable_server(url: &str, why: &str) -> Failure {
-    Failure::new(format!(
-        "cannot connect to NATS at `{url}`: {why}; is nats-server running there?"
-    ))
-}
-
-fn no_answer() -> String {
-    format!(
-        "no answer within {}",
-        humantime::format_duration(CONNECT_TIMEOUT)
-    )
-}
-
-fn connect_error(url: &str, error: async_nats::ConnectError) -> Failure {
-    use async_nats::ConnectErrorKind as Kind;
-    match error.kind() {
-        Kind::AuthorizationViolation | Kind::Authentication => Failure::new(format!(
-            "the NATS server at `{url}` rejected the credentials ({error}): check --user/--password, --token or --creds (EDA_NATS_USER/EDA_NATS_PASSWORD, EDA_NATS_TOKEN, EDA_NATS_CREDS)"
-        )),
-        Kind::Tls => Failure::new(format!(
-            "TLS with the NATS server at `{url}` failed ({error}): use a tls:// URL and --tls-ca (EDA_NATS_TLS_CA) with the CA that signed its certificate"
-        )),
-        Kind::TimedOut => unreachable_server(url, &no_answer()),
-        Kind::ServerParse | Kind::Dns => {
-            Failure::new(format!("cannot resolve the NATS URL `{url}`: {error}"))
-        }
-        _ => unreachable_server(url, &error.to_string()),
-    }
-}
-
-/// The address without credentials, and the credentials it had (percent-decoded).
-fn without_credentials(address: ServerAddr, url: &str) -> Result<(ServerAddr, Option<UrlAuth>)> {
-    if !address.has_user_pass() {
-        return Ok((address, None));
-    }
-    let decode = |s: &str| {
-        percent_decoded(s).ok_or_else(|| {
-            Failure::new(format!(
-                "the credentials in the NATS URL `{url}` are not valid percent-encoding"
-            ))
-        })
-    };
-    let user = decode(address.username().unwrap_or_default())?;
-    let auth = match address.password() {
-        Some(password) => UrlAuth::UserPassword(user, decode(password)?),
-        None => UrlAuth::Token(user),
-    };
-    let mut bare = address.into_inner();
-    // Both only fail for URLs that cannot have credentials, and this one had them.
-    let _ = bare.set_username("");
-    let _ = bare.set_password(None);
-    let bare = ServerAddr::from_url(bare)
-        .map_err(|e| Failure::new(format!("bad NATS URL `{url}`: {e}")))?;
-    Ok((bare, Some(auth)))
-}
-
-/// `%41` → `A`; `None` when an escape is malformed or the result is not UTF-8.
-fn percent_decoded(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// `urls` with the password or token before every `@` masked (`nats://user:***@host`,
-/// `nats://***@host`).
-pub fn redacted_url(urls: &str) -> String {
-    let mut out = String::with_capacity(urls.len());
-    let mut done = 0;
-    for (at, _) in urls.match_indices('@') {
-        let region = &urls[done..at];
-        let start = region.rfind("://").map_or(done, |i| done + i + 3);
-        out.push_str(&urls[done..start]);
-        match urls[start..at].split_once(':') {
-            Some((user, _)) => {
-                out.push_str(user);
-                out.push_str(":***");
-            }
-            None => out.push_str("***"),
-        }
-        out.push('@');
-        done = at + 1;
-    }
-    out.push_str(&urls[done..]);
-    out
 }
 
 impl Broker {
@@ -335,25 +217,5 @@ impl Broker {
             None => None,
         };
         from_stream.unwrap_or_else(|| "events.".to_owned())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_in_urls_are_masked() {
-        assert_eq!(
-            redacted_url("nats://ada:s3cr:et@host:4222,tls://tok@other"),
-            "nats://ada:***@host:4222,tls://***@other"
-        );
-        assert_eq!(redacted_url("nats://host:4222"), "nats://host:4222");
-    }
-
-    #[test]
-    fn percent_escapes_decode() {
-        assert_eq!(percent_decoded("a%40b").as_deref(), Some("a@b"));
-        assert_eq!(percent_decoded("a%4"), None);
     }
 }

@@ -327,7 +327,10 @@ async fn dlq_show_prints_headers_error_and_payload() {
 #[test]
 fn connection_problems_are_one_clear_line() {
     let err = fails(&["status", "--nats", "http://127.0.0.1:1"]);
-    assert!(err.contains("bad NATS URL `http://127.0.0.1:1`"), "{err}");
+    assert!(
+        err.contains("NATS URL `http://127.0.0.1:1`: expected a nats:// or tls:// URL"),
+        "{err}"
+    );
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -469,4 +472,47 @@ fn permissions_prints_the_block_of_the_binarys_service() {
         err.contains("runs service `billing`, not `shipping`"),
         "{err}"
     );
+}
+
+#[test]
+fn credentials_are_those_of_the_runtime_and_never_printed() {
+    let server = NatsServer::start_with_args(&["--user", "ops", "--pass", "s3cret-pw"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = server.url();
+    // Flags, and credentials written in the URL, reach a server that wants them: it has no
+    // eda streams, and says so.
+    let no_streams = format!("no eda streams on {url}");
+    let with_flags = fails(&[
+        "status",
+        "--nats",
+        &url,
+        "--user",
+        "ops",
+        "--password",
+        "s3cret-pw",
+    ]);
+    assert!(with_flags.contains(&no_streams), "{with_flags}");
+    let in_url = url.replacen("nats://", "nats://ops:s3cret-pw@", 1);
+    let with_url = fails(&["status", "--nats", &in_url]);
+    assert!(
+        with_url.contains("no eda streams on nats://ops:***@"),
+        "{with_url}"
+    );
+    assert!(!with_url.contains("s3cret-pw"), "{with_url}");
+    // A wrong password is refused with what to check, and not shown.
+    let wrong = fails(&[
+        "dlq",
+        "list",
+        "--nats",
+        &url,
+        "--user",
+        "ops",
+        "--password",
+        "wrong-pw",
+    ]);
+    assert!(wrong.contains("rejected the credentials"), "{wrong}");
+    assert!(!wrong.contains("wrong-pw"), "{wrong}");
+    let half = eda(&["status", "--nats", &url, "--user", "ops"]);
+    assert_eq!(half.status.code(), Some(2), "{}", stderr(&half));
+    assert!(stderr(&half).contains("--password"), "{}", stderr(&half));
 }

@@ -259,7 +259,7 @@ fn labelled(source: &str, value: &str) -> String {
 /// (`nats://user:password@host`, `nats://token@host`, also without a scheme), for messages and
 /// logs. Each `@` masks back to the `://` before it (or the previous `@`, or the start), so a
 /// password holding `/`, `,` or `:` is masked whole; an `@` in a path over-masks, harmlessly.
-pub(crate) fn redacted_url(urls: &str) -> String {
+pub fn redacted_url(urls: &str) -> String {
     let mut out = String::with_capacity(urls.len());
     let mut done = 0;
     for (at, _) in urls.match_indices('@') {

@@ -49,5 +49,6 @@ pub use handler::{Context, FromContext, HandlerError, HandlerOptions, State};
 pub use lifecycle::wait_for_signal;
 pub use publish::{PublishOptions, Publisher};
 pub use registry::Catalog;
+pub use transport::jetstream::connect_client;
 pub use transport::jetstream::permissions::{permissions, Permissions};
 pub use transport::memory::MemoryBroker;

@@ -21,26 +21,11 @@ impl JetStream {
         settings: &NatsSettings,
         service: &str,
     ) -> Result<JetStream, Error> {
-        let url = &crate::config::redacted_url(&settings.url);
-        let parsed = settings
-            .url
-            .split(',')
-            .map(|u| u.trim().parse::<ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Config,
-                    format!("cannot parse NATS URL `{url}`: {e}"),
-                    e,
-                )
-            })?;
-        let (addresses, url_auth) = without_credentials(parsed, url)?;
         let connected = Arc::new(AtomicBool::new(false));
         let reconnects = Arc::new(AtomicU64::new(0));
         let refusals = Arc::new(Refusals::default());
-        let mut options = async_nats::ConnectOptions::new()
+        let options = async_nats::ConnectOptions::new()
             .name(service)
-            .connection_timeout(settings.connect_timeout)
             .max_reconnects(None)
             .event_callback({
                 let connected = Arc::clone(&connected);
@@ -76,59 +61,10 @@ impl JetStream {
                     async {}
                 }
             });
-        options = match &settings.auth {
-            // Credentials written in the URL, used only when no other credentials are set.
-            NatsAuth::None => match url_auth {
-                Some(UrlAuth::UserPassword(user, password)) => {
-                    options.user_and_password(user, password)
-                }
-                Some(UrlAuth::Token(token)) => options.token(token),
-                None => options,
-            },
-            NatsAuth::UserPassword { user, password } => {
-                options.user_and_password(user.clone(), password.clone())
-            }
-            NatsAuth::Token(token) => options.token(token.clone()),
-            NatsAuth::CredentialsFile(path) => {
-                options.credentials_file(path).await.map_err(|e| {
-                    let message = format!("cannot read credentials file `{}`: {e}", path.display());
-                    Error::with_source(ErrorKind::Config, message, e)
-                })?
-            }
-            NatsAuth::Nkey(seed) => options.nkey(seed.trim().to_owned()),
-        };
-        if let Some(ca) = &settings.tls_ca {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let Some((cert, key)) = &settings.tls_client_cert {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
-        let attempt = tokio::time::timeout(
-            settings.connect_timeout + Duration::from_secs(1),
-            options.connect(addresses),
-        )
-        .await;
-        let client = match attempt {
-            Err(_) => {
-                return Err(Error::new(ErrorKind::Connect, format!(
-                    "cannot connect to NATS at `{url}`: no answer within {}; is nats-server running there?",
-                    humantime::format_duration(settings.connect_timeout)
-                )))
-            }
-            Ok(Err(e)) => return Err(connect_error(url, settings, e)),
-            Ok(Ok(client)) => client,
-        };
+        let client = connect_with(settings, options).await?;
         connected.store(true, Ordering::SeqCst);
         observe::broker_connected(true);
         let info = client.server_info();
-        if !info.jetstream {
-            return Err(Error::new(
-                ErrorKind::Connect,
-                format!(
-                "the NATS server at `{url}` has JetStream disabled: start nats-server with `-js`"
-            ),
-            ));
-        }
         let replicas = settings.topology.replicas.unwrap_or_else(|| {
             match (&info.cluster, info.connect_urls.len()) {
                 (Some(_), seen) if seen >= 3 => 3,
@@ -164,6 +100,100 @@ impl JetStream {
             refusals,
         })
     }
+}
+
+/// Connects a client to the NATS server of `settings` as eda services connect: the URL list,
+/// the credentials (also those written in a URL, which async-nats would not send), TLS and
+/// mutual TLS, bounded by the connect timeout, with errors that say what to check and never
+/// show a secret; the server must have JetStream. `options` carries the rest (a name,
+/// reconnects, callbacks). For tools that talk to eda's streams, like the `eda` command.
+///
+/// ```no_run
+/// # async fn demo() -> eda::Result<()> {
+/// let settings = eda::NatsSettings::new("nats://127.0.0.1:4222");
+/// let client = eda::connect_client(&settings, async_nats::ConnectOptions::new().name("tool")).await?;
+/// # drop(client); Ok(()) }
+/// ```
+pub async fn connect_client(
+    settings: &NatsSettings,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, Error> {
+    let problems = settings.problems("NATS URL");
+    if !problems.is_empty() {
+        return Err(Error::new(ErrorKind::Config, problems.join("; ")));
+    }
+    connect_with(settings, options).await
+}
+
+/// [`connect_client`] without checking the settings (an app checked them when it was built).
+async fn connect_with(
+    settings: &NatsSettings,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, Error> {
+    let url = &crate::config::redacted_url(&settings.url);
+    let parsed = settings
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("cannot parse NATS URL `{url}`: {e}"),
+                e,
+            )
+        })?;
+    let (addresses, url_auth) = without_credentials(parsed, url)?;
+    let mut options = options.connection_timeout(settings.connect_timeout);
+    options = match &settings.auth {
+        // Credentials written in the URL, used only when no other credentials are set.
+        NatsAuth::None => match url_auth {
+            Some(UrlAuth::UserPassword(user, password)) => {
+                options.user_and_password(user, password)
+            }
+            Some(UrlAuth::Token(token)) => options.token(token),
+            None => options,
+        },
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::Token(token) => options.token(token.clone()),
+        NatsAuth::CredentialsFile(path) => options.credentials_file(path).await.map_err(|e| {
+            let message = format!("cannot read credentials file `{}`: {e}", path.display());
+            Error::with_source(ErrorKind::Config, message, e)
+        })?,
+        NatsAuth::Nkey(seed) => options.nkey(seed.trim().to_owned()),
+    };
+    if let Some(ca) = &settings.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &settings.tls_client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let attempt = tokio::time::timeout(
+        settings.connect_timeout + Duration::from_secs(1),
+        options.connect(addresses),
+    )
+    .await;
+    let client = match attempt {
+        Err(_) => {
+            return Err(Error::new(ErrorKind::Connect, format!(
+                "cannot connect to NATS at `{url}`: no answer within {}; is nats-server running there?",
+                humantime::format_duration(settings.connect_timeout)
+            )))
+        }
+        Ok(Err(e)) => return Err(connect_error(url, settings, e)),
+        Ok(Ok(client)) => client,
+    };
+    if !client.server_info().jetstream {
+        return Err(Error::new(
+            ErrorKind::Connect,
+            format!(
+                "the NATS server at `{url}` has JetStream disabled: start nats-server with `-js`"
+            ),
+        ));
+    }
+    Ok(client)
 }
 
 /// The permission violations the server reported last. Its `-ERR` arrives apart from the

@@ -5,6 +5,7 @@
 
 mod ack;
 mod connect;
+pub use connect::connect_client;
 mod consume;
 mod inspect;
 mod kv;
