@@ -81,7 +81,8 @@ async fn record_bill(event: BillCreated, bills: State<Bills>) {
     retries = 5,
     backoff = "exponential",
     base_delay = "50ms",
-    max_delay = "2s"
+    max_delay = "2s",
+    emits = [PaymentSucceeded, BillPaid, PaymentFailed]
 )]
 async fn charge(
     event: PaymentRequested,

@@ -19,7 +19,7 @@ async fn notify(ctx: &Context, user_id: u64, kind: &str) -> Result<(), HandlerEr
     Ok(())
 }
 
-#[handler(service = "notifications", concurrency = 4)]
+#[handler(service = "notifications", concurrency = 4, emits = [NotificationSent])]
 async fn welcome(event: Envelope<UserCreated>, ctx: Context) -> Result<(), HandlerError> {
     if event.metadata.version == 1 {
         metrics::counter!("shop_users_upgraded_total").increment(1);
@@ -27,17 +27,17 @@ async fn welcome(event: Envelope<UserCreated>, ctx: Context) -> Result<(), Handl
     notify(&ctx, event.id, "welcome").await
 }
 
-#[handler(service = "notifications", concurrency = 4)]
+#[handler(service = "notifications", concurrency = 4, emits = [NotificationSent])]
 async fn receipt(event: PaymentSucceeded, ctx: Context) -> Result<(), HandlerError> {
     notify(&ctx, event.user_id, "receipt").await
 }
 
-#[handler(service = "notifications", concurrency = 4)]
+#[handler(service = "notifications", concurrency = 4, emits = [NotificationSent])]
 async fn payment_problem(event: PaymentFailed, ctx: Context) -> Result<(), HandlerError> {
     notify(&ctx, event.user_id, "payment_failed").await
 }
 
-#[handler(service = "notifications", concurrency = 4)]
+#[handler(service = "notifications", concurrency = 4, emits = [NotificationSent])]
 async fn bill_settled(event: BillPaid, ctx: Context) -> Result<(), HandlerError> {
     notify(&ctx, event.user_id, "bill_paid").await
 }

@@ -33,7 +33,13 @@ fn arg(name: &str, default: u64) -> Result<u64, String> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate = arg("--rate", 200)?.max(1);
     let seconds = arg("--seconds", 10)?;
-    let app = shop_app("orders").handlers(&[]).start().await?;
+    let app = shop_app("orders")
+        .handlers(&[])
+        .emits::<UserCreated>()
+        .emits::<BillCreated>()
+        .emits::<PaymentRequested>()
+        .start()
+        .await?;
     let publisher = app.publisher();
     let (mut v1, mut v2, mut bills, mut payments, mut declined) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();

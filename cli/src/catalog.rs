@@ -299,8 +299,8 @@ fn push_unique(list: &mut Vec<String>, value: String) {
     }
 }
 
-/// `eda catalog <binary>...`.
-pub fn catalog(binaries: &[String], timeout: Duration) -> Result<()> {
+/// Runs `binaries` and merges their catalogs; schema conflicts are warned about on stderr.
+fn load(binaries: &[String], timeout: Duration) -> Result<Merged> {
     let described = binaries
         .iter()
         .map(|b| describe(b, timeout))
@@ -309,8 +309,19 @@ pub fn catalog(binaries: &[String], timeout: Duration) -> Result<()> {
     for conflict in &merged.conflicts {
         eprintln!("warning: schema conflict: {conflict}");
     }
-    println!("{}", to_json(&merged));
+    Ok(merged)
+}
+
+/// `eda catalog <binary>...`.
+pub fn catalog(binaries: &[String], timeout: Duration) -> Result<()> {
+    println!("{}", to_json(&load(binaries, timeout)?));
     Ok(())
+}
+
+/// The merged catalog of `binaries` as the JSON `eda catalog` prints (for `--html`).
+pub fn merged_json(binaries: &[String], timeout: Duration) -> Result<Value> {
+    serde_json::to_value(load(binaries, timeout)?)
+        .map_err(|e| Failure::new(format!("cannot represent the merged catalog as JSON: {e}")))
 }
 
 /// `eda permissions <binary> [<service>]`.

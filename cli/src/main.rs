@@ -2,7 +2,8 @@
 //!
 //! - `eda status`: streams, consumers, dead letters per handler and reason, schemas.
 //! - `eda dlq list` / `eda dlq show <seq>`: the dead letters.
-//! - `eda catalog <binary>...`: the merged catalog of eda binaries (`EDA_CATALOG=json`).
+//! - `eda catalog <binary>...`: the merged catalog of eda binaries (`EDA_CATALOG=json`);
+//!   `--html <dir>` writes it as a static page with the flow graph.
 //! - `eda permissions <binary>`: the NATS permissions block of a service.
 //!
 //! Errors are one line on stderr and exit code 1; usage errors exit 2.
@@ -15,6 +16,8 @@ use clap::{Args, Parser, Subcommand};
 mod catalog;
 mod connect;
 mod dlq;
+mod graph;
+mod html;
 mod redrive;
 mod status;
 mod table;
@@ -65,6 +68,14 @@ enum Command {
         binaries: Vec<String>,
         #[command(flatten)]
         run: RunArgs,
+        /// Write a static HTML page of the catalog, `DIR/index.html`, instead: events with
+        /// their schemas and upcasts, services with their handlers, and the flow drawn by
+        /// Graphviz `dot`.
+        #[arg(long, value_name = "DIR")]
+        html: Option<std::path::PathBuf>,
+        /// With `--html`: leave the flow graph out (no Graphviz needed).
+        #[arg(long, requires = "html")]
+        no_graph: bool,
     },
     /// Print the NATS permissions block of the service an eda binary runs.
     Permissions {
@@ -135,7 +146,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Catalog { binaries, run } => catalog::catalog(&binaries, run.timeout),
+        Command::Catalog {
+            binaries,
+            run,
+            html,
+            no_graph,
+        } => match html {
+            Some(dir) => html::write(&binaries, run.timeout, &dir, !no_graph),
+            None => catalog::catalog(&binaries, run.timeout),
+        },
         Command::Permissions {
             binary,
             service,
