@@ -71,6 +71,39 @@ fn eda_variables_are_checked_and_win_over_the_builder() {
         );
     });
 
+    with_env(&[("EDA_SUBJECT_PREFIX", "prod..events")], || {
+        let found = problems(
+            App::builder("env-tests")
+                .nats("nats://127.0.0.1:4222")
+                .subject_prefix("prod.events")
+                .build(),
+        );
+        assert_eq!(
+            found,
+            ["EDA_SUBJECT_PREFIX=`prod..events`: expected dot-separated tokens without wildcards or spaces, e.g. `events`"],
+            "the message names the variable, which wins over a good `.subject_prefix(..)`"
+        );
+        let found = problems(
+            App::builder("env-tests")
+                .nats("nats://127.0.0.1:4222")
+                .subject_prefix("my events")
+                .build(),
+        );
+        assert_eq!(
+            found,
+            [
+                "EDA_SUBJECT_PREFIX=`prod..events`: expected dot-separated tokens without wildcards or spaces, e.g. `events`",
+                "subject prefix `my events` must be dot-separated tokens without wildcards or spaces, e.g. `events`",
+            ],
+            "a bad variable and a bad builder value are each named where they came from"
+        );
+    });
+    with_env(&[("EDA_SUBJECT_PREFIX", "events.*")], || {
+        App::builder("env-tests").build().unwrap_or_else(|e| {
+            panic!("an app in memory has no subjects, so EDA_SUBJECT_PREFIX is not read: {e}")
+        });
+    });
+
     // Were they read as set, each would be a problem: `EDA_NATS_URL=``` is no URL, a password
     // without a user, a key without a certificate, `` replicas, an empty subject prefix.
     let empty = [

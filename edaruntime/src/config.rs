@@ -97,6 +97,14 @@ pub struct Topology {
     /// How long the broker waits for an ack before redelivering (default 30 s); eda sends
     /// in-progress acks every third of it while a handler runs.
     pub ack_wait: Duration,
+    /// Event sourcing: the stream of aggregate type `t` is this prefix and `t` upper-cased
+    /// (default `EDA_AGG_`, so `EDA_AGG_ACCOUNT`).
+    pub aggregate_stream_prefix: String,
+    /// Event sourcing: the events of aggregate `id` of type `t` are stored on
+    /// `<prefix>.<t>.<id>` (default `agg`).
+    pub aggregate_subject_prefix: String,
+    /// Event sourcing: the snapshot bucket, key `<type>.<id>` (default `EDA_SNAPSHOTS`).
+    pub snapshots_bucket: String,
 }
 
 impl Default for Topology {
@@ -113,6 +121,9 @@ impl Default for Topology {
             max_age: Duration::from_secs(7 * 24 * 3600),
             processed_ttl: Duration::from_secs(24 * 3600),
             ack_wait: Duration::from_secs(30),
+            aggregate_stream_prefix: "EDA_AGG_".into(),
+            aggregate_subject_prefix: "agg".into(),
+            snapshots_bucket: "EDA_SNAPSHOTS".into(),
         }
     }
 }
@@ -224,11 +235,7 @@ impl NatsSettings {
             _ => {}
         }
         let prefix = &self.topology.subject_prefix;
-        if prefix.is_empty()
-            || prefix
-                .split('.')
-                .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
-        {
+        if !is_subject_prefix(prefix) {
             problems.push(format!(
                 "subject prefix `{prefix}` must be dot-separated tokens without wildcards or spaces, e.g. `events`"
             ));
@@ -242,6 +249,15 @@ impl NatsSettings {
         }
         problems
     }
+}
+
+/// Dot-separated tokens, none empty, without wildcards or spaces: the start of every event
+/// subject.
+fn is_subject_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix
+            .split('.')
+            .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ']))
 }
 
 /// `EDA_NATS_URL=`x`` for a variable, `NATS URL `x`` for a builder value; credentials in the
@@ -366,8 +382,16 @@ pub(crate) fn apply_env(
             )),
         }
     }
+    // Checked here, where the variable is known, so that the message names it; a bad value
+    // is not applied (the builder's prefix is then checked on its own).
     if let Some(prefix) = env.var("EDA_SUBJECT_PREFIX") {
-        s.topology.subject_prefix = prefix;
+        if is_subject_prefix(&prefix) {
+            s.topology.subject_prefix = prefix;
+        } else {
+            problems.push(format!(
+                "EDA_SUBJECT_PREFIX=`{prefix}`: expected dot-separated tokens without wildcards or spaces, e.g. `events`"
+            ));
+        }
     }
     (Some(s), problems, url_source)
 }
@@ -564,8 +588,16 @@ mod tests {
                 false,
                 &env(&[("EDA_SUBJECT_PREFIX", prefix)]),
             );
-            assert!(problems.is_empty(), "{problems:?}");
-            assert_eq!(s.unwrap().problems(source), expected(prefix), "{prefix}");
+            assert_eq!(
+                problems,
+                [format!(
+                    "EDA_SUBJECT_PREFIX=`{prefix}`: expected dot-separated tokens without wildcards or spaces, e.g. `events`"
+                )],
+                "the message names the variable"
+            );
+            let s = s.unwrap();
+            assert_eq!(s.topology.subject_prefix, "events", "a bad value is not applied");
+            assert!(s.problems(source).is_empty(), "and reported once");
         }
         let mut settings = NatsSettings::new("nats://n:4222");
         settings.topology.subject_prefix = String::new();
