@@ -596,7 +596,10 @@ mod tests {
                 "the message names the variable"
             );
             let s = s.unwrap();
-            assert_eq!(s.topology.subject_prefix, "events", "a bad value is not applied");
+            assert_eq!(
+                s.topology.subject_prefix, "events",
+                "a bad value is not applied"
+            );
             assert!(s.problems(source).is_empty(), "and reported once");
         }
         let mut settings = NatsSettings::new("nats://n:4222");
