@@ -16,7 +16,7 @@ use async_nats::HeaderMap;
 use eda::error::Provisioned;
 use eda::prelude::*;
 use eda::testing::{NatsServer, TestApp};
-use eda::{ErrorKind, Metadata, PublishError};
+use eda::{DlqReason, ErrorKind, Metadata, PublishError};
 
 mod support;
 
@@ -524,6 +524,98 @@ async fn a_payload_over_the_max_payload_is_a_broker_error_and_nothing_is_stored(
     assert_eq!(app.published_raw().await.unwrap().len(), 1);
 }
 
+/// What a peer that speaks the NATS protocol by hand gets for a `PUB` of `size` bytes to
+/// `subject`: the server's first `-ERR` line (the protocol has no other answer to a refused
+/// publish), or what the connection said instead.
+async fn raw_publish_answer(port: u16, subject: &str, size: usize) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the client port answers");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let info = lines.next_line().await.expect("INFO").unwrap_or_default();
+    assert!(info.starts_with("INFO "), "{info}");
+    let mut out =
+        format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {size}\r\n")
+            .into_bytes();
+    out.extend(std::iter::repeat_n(b'x', size));
+    out.extend(b"\r\nPING\r\n");
+    // The server may close the connection before it read everything.
+    let _ = write.write_all(&out).await;
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) if line.starts_with("-ERR") => return line,
+            Ok(Some(_)) => continue,
+            Ok(None) => return "the connection was closed without -ERR".into(),
+            Err(e) => return format!("the connection failed without -ERR: {e}"),
+        }
+    }
+}
+
+/// A peer's message over the server's `max_payload`: async-nats refuses it before sending, a
+/// peer writing the protocol by hand gets the server's `-ERR 'Maximum Payload Violation'`
+/// (and loses its connection); nothing is stored, so no handler sees it. The eda service keeps
+/// running: the events before and after it are each handled once, and nothing is
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_payload_over_the_max_payload_is_refused_by_the_server_and_the_service_goes_on() {
+    const MAX_PAYLOAD: usize = 4096;
+    let (server, _config) =
+        server_with_config("peer-max-payload", &format!("max_payload: {MAX_PAYLOAD}\n"));
+    let seen = Arc::new(Seen::default());
+    let app = app(&server, &seen, &["record_parcel"]).await;
+    let js = plain_client(&server).await;
+    publish_plain(&js, "events.parcel.sent", headers(&[]), r#"{"id": 1}"#).await;
+
+    let bulky = format!(
+        r#"{{"id": 2, "filler": "{}"}}"#,
+        "x".repeat(2 * MAX_PAYLOAD)
+    );
+    let refused = within_a_minute(
+        "a plain client publishing too much",
+        js.publish("events.parcel.sent", bulky.into()),
+    )
+    .await
+    .expect_err("async-nats refuses a message over the server's max_payload");
+    assert!(
+        refused.to_string().contains(&format!(
+            "Payload size limit of {MAX_PAYLOAD} exceeded by message size of"
+        )),
+        "{refused}"
+    );
+    let answer = within_a_minute(
+        "a hand-written PUB over max_payload",
+        raw_publish_answer(server.port(), "events.parcel.sent", 2 * MAX_PAYLOAD),
+    )
+    .await;
+    assert_eq!(answer, "-ERR 'Maximum Payload Violation'");
+
+    publish_plain(&js, "events.parcel.sent", headers(&[]), r#"{"id": 3}"#).await;
+    app.settle().await;
+    let mut ids: Vec<u64> = seen.parcels().iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 3], "the events around the refused ones, each once");
+    let stored = js
+        .get_stream("EDA_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(stored, 2, "the refused messages were not stored");
+    assert!(app.dead_letters().await.unwrap().is_empty());
+    let stats = app.stats("record_parcel");
+    assert_eq!((stats.handled, stats.dead_lettered), (2, 0), "{stats:?}");
+    app.publish(&ParcelSent { id: 4 })
+        .await
+        .expect("the service still publishes");
+    app.settle().await;
+    assert_eq!(app.stats("record_parcel").handled, 3, "and still handles");
+}
+
 /// `publish_raw` takes names checked at run time (typed events' names are checked at compile
 /// time): one that is not a single subject is refused before anything is sent (a wildcard
 /// would be stored literally and reach only the wrong handlers).
@@ -686,6 +778,126 @@ async fn forged_dead_letter_headers_on_an_event_subject_are_ignored() {
     let stats = app.stats("record_parcel");
     assert_eq!((stats.handled, stats.dead_lettered), (1, 0));
     assert!(app.dead_letters().await.unwrap().is_empty());
+}
+
+/// Headers a peer gets wrong, sent by a plain client to a running service, each between good
+/// events: an unreadable `Eda-Version` (`0`) or `ce-edaversion` (`x`), a CloudEvent whose
+/// `ce-type` names another event than the subject, and one of spec version 0.3. Each becomes
+/// one dead letter with reason `decode` at the first attempt (the reasons `wire::decode` gives
+/// them), its handler is never called for it, and every good event is handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_a_peer_gets_wrong_are_each_one_decode_dead_letter_and_good_events_go_on() {
+    let server = server();
+    let seen = Arc::new(Seen::default());
+    let app = app(&server, &seen, &["record_parcel"]).await;
+    let js = plain_client(&server).await;
+    let cloudevent = |id: &'static str, pairs: &[(&'static str, &'static str)]| {
+        let mut all = vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-source", "/depot"),
+            ("ce-type", "parcel.sent"),
+        ];
+        for (name, value) in pairs {
+            all.retain(|(n, _)| n != name);
+            all.push((name, value));
+        }
+        headers(&all)
+    };
+    let good = |id: &'static str| headers(&[("Nats-Msg-Id", id)]);
+    let sent: [(HeaderMap, &'static str); 9] = [
+        (good("good-1"), r#"{"id": 1}"#),
+        (
+            headers(&[("Nats-Msg-Id", "version-0"), ("Eda-Version", "0")]),
+            r#"{"id": 100}"#,
+        ),
+        (good("good-2"), r#"{"id": 2}"#),
+        (
+            cloudevent("refund", &[("ce-type", "com.example.refund")]),
+            r#"{"id": 101}"#,
+        ),
+        (cloudevent("good-3", &[]), r#"{"id": 3}"#),
+        (
+            cloudevent("spec-0.3", &[("ce-specversion", "0.3")]),
+            r#"{"id": 102}"#,
+        ),
+        (good("good-4"), r#"{"id": 4}"#),
+        (
+            cloudevent("edaversion-x", &[("ce-edaversion", "x")]),
+            r#"{"id": 103}"#,
+        ),
+        (good("good-5"), r#"{"id": 5}"#),
+    ];
+    let mut sequences = Vec::new();
+    for (headers, payload) in sent {
+        sequences.push(publish_plain(&js, "events.parcel.sent", headers, payload).await);
+    }
+    app.settle().await;
+
+    let mut ids: Vec<u64> = seen.parcels().iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [1, 2, 3, 4, 5],
+        "every good event once, and the handler never saw a bad one"
+    );
+    let mut letters: Vec<(String, DlqReason, u32, String, Option<u64>)> = app
+        .dead_letters()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            (
+                l.metadata.id.clone(),
+                l.reason,
+                l.attempts,
+                l.error.clone(),
+                l.metadata.sequence,
+            )
+        })
+        .collect();
+    letters.sort_by_key(|l| l.4);
+    let expected = [
+        (
+            "version-0",
+            "header `Eda-Version` has an unreadable value `0`",
+            sequences[1],
+        ),
+        (
+            "refund",
+            "expected event `parcel.sent` but the message is `com.example.refund`",
+            sequences[3],
+        ),
+        (
+            "spec-0.3",
+            "header `ce-specversion` has an unreadable value `0.3`",
+            sequences[5],
+        ),
+        (
+            "edaversion-x",
+            "header `ce-edaversion` has an unreadable value `x`",
+            sequences[7],
+        ),
+    ];
+    assert_eq!(
+        letters.len(),
+        expected.len(),
+        "one dead letter each: {letters:?}"
+    );
+    for (letter, (id, error, sequence)) in letters.iter().zip(expected) {
+        assert_eq!(
+            (letter.0.as_str(), letter.1, letter.2, letter.4),
+            (id, DlqReason::Decode, 1, Some(sequence)),
+            "{letter:?}"
+        );
+        assert!(
+            letter.3.contains(error),
+            "the dead letter of `{id}` says `{error}`: {}",
+            letter.3
+        );
+    }
+    let stats = app.stats("record_parcel");
+    assert_eq!((stats.handled, stats.dead_lettered), (5, 4), "{stats:?}");
 }
 
 /// The value of the counter `name` for handler `handler` on the metrics page, 0 if absent.
