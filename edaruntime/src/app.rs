@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use crate::aggregate::EventStore;
 use crate::backend::{Backend, BackendChoice, Opened};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology, WireFormat};
@@ -91,6 +92,7 @@ impl App {
             breakers: Vec::new(),
             tripped: Vec::new(),
             emits: Vec::new(),
+            actions: Vec::new(),
         }
     }
 
@@ -188,7 +190,9 @@ impl App {
             backend,
             transport,
             store,
+            log,
         } = Backend::open(&self.transport, &self.service).await?;
+        let event_store = EventStore::new(log, &self.service, &self.topology());
         let publisher = Publisher::new(Arc::from(self.service.as_str()), Arc::clone(&transport));
         let breakers = self.breakers();
         for descriptor in &self.handlers {
@@ -227,6 +231,7 @@ impl App {
         tracing::info!(service = %self.service, handlers = self.handlers.len(), "started");
         Ok(RunningApp {
             publisher,
+            event_store,
             backend,
             runtimes,
             breakers,
@@ -299,6 +304,7 @@ pub struct AppBuilder {
     breakers: Vec<(String, BreakerConfig)>,
     tripped: Vec<String>,
     emits: Vec<&'static str>,
+    actions: Vec<std::path::PathBuf>,
 }
 
 impl AppBuilder {
@@ -491,6 +497,15 @@ impl AppBuilder {
         self
     }
 
+    /// Runs the triggers of an actions file (TOML) as handlers of this service: each calls
+    /// HTTP services for its events, with the retries, dead letters, breakers and metrics of
+    /// any handler (see [`crate::actions`]). Every problem of the file is reported by
+    /// [`AppBuilder::build`] with its line and column. Several files may be given.
+    pub fn actions(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.actions.push(path.into());
+        self
+    }
+
     /// Discovers this service's handlers and checks everything; every problem is reported at
     /// once, one line each.
     pub fn build(self) -> Result<App> {
@@ -498,8 +513,19 @@ impl AppBuilder {
         if let Err(why) = registry::check_plain_name("service name", &self.service) {
             problems.push(why);
         }
-        let (handlers, found) = registry::select(&self.service, self.only.as_deref(), &self.states);
+        let (mut handlers, found) =
+            registry::select(&self.service, self.only.as_deref(), &self.states);
         problems.extend(found);
+        let mut states = self.states;
+        if !self.actions.is_empty() {
+            match load_actions(&self.actions, &handlers) {
+                Ok((descriptors, runner)) => {
+                    handlers.extend(descriptors);
+                    states.insert(runner);
+                }
+                Err(found) => problems.extend(found),
+            }
+        }
         problems.extend(breaker_problems(&self.breakers, &self.tripped, &handlers));
         let (nats, env_problems, url_source) = if self.use_env {
             config::apply_env(self.nats, self.use_nats, self.memory.is_some(), &ProcessEnv)
@@ -551,7 +577,7 @@ impl AppBuilder {
         }
         Ok(App {
             service: self.service,
-            states: self.states,
+            states,
             handlers,
             transport,
             shutdown_timeout: self.shutdown_timeout,
@@ -584,6 +610,45 @@ impl fmt::Debug for AppBuilder {
 }
 
 /// Each configured breaker's mistakes, and the configured or tripped ones no handler names.
+/// The triggers of the actions files as handlers, and what they need at run time; a trigger
+/// may not take a name another handler of the service has.
+fn load_actions(
+    paths: &[std::path::PathBuf],
+    handlers: &[&'static HandlerDescriptor],
+) -> std::result::Result<(Vec<&'static HandlerDescriptor>, crate::actions::Runner), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut loaded: Option<crate::actions::Actions> = None;
+    for path in paths {
+        match crate::actions::Actions::load(path) {
+            Ok(actions) => match &mut loaded {
+                None => loaded = Some(actions),
+                Some(all) => {
+                    if let Err(e) = all.merge(actions) {
+                        problems.extend(e.problems().iter().cloned());
+                    }
+                }
+            },
+            Err(e) => problems.extend(e.problems().iter().cloned()),
+        }
+    }
+    let Some(actions) = loaded.filter(|_| problems.is_empty()) else {
+        return Err(problems);
+    };
+    for name in actions.trigger_names() {
+        if handlers.iter().any(|h| h.name == name) {
+            problems.push(format!(
+                "trigger `{name}` has the name of a handler of this service: rename one (a name names the durable consumer)"
+            ));
+        }
+    }
+    let runner = actions.runner().map_err(|e| vec![e])?;
+    if problems.is_empty() {
+        Ok((actions.descriptors(), runner))
+    } else {
+        Err(problems)
+    }
+}
+
 fn breaker_problems(
     configured: &[(String, BreakerConfig)],
     tripped: &[String],
@@ -661,6 +726,7 @@ fn parse_metrics_addr(value: &str) -> std::result::Result<Option<SocketAddr>, St
 /// A started app: publish with it, read its counters, shut it down.
 pub struct RunningApp {
     publisher: Publisher,
+    event_store: EventStore,
     backend: Backend,
     runtimes: Vec<Arc<HandlerRuntime>>,
     breakers: Vec<Breaker>,
@@ -681,6 +747,13 @@ impl RunningApp {
     /// The service name.
     pub fn service(&self) -> &str {
         self.publisher.service()
+    }
+
+    /// The event store on this app's broker (event sourcing; see [`EventStore`]): aggregates'
+    /// events appended with optimistic concurrency, loaded from a snapshot and the events
+    /// after it. Cheap to clone.
+    pub fn event_store(&self) -> EventStore {
+        self.event_store.clone()
     }
 
     /// The broker this app is bound to.

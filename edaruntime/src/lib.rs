@@ -5,9 +5,11 @@
 //! The modules form layers; a module never imports one above it (checked by a unit test,
 //! `layers::no_module_names_one_above_it`):
 //! `error`, `config`, `random`, `lifecycle`, `schema` → `event` → `dlq`, `wire`, `observe` →
-//! `port`, `idempotency` → `publish` → `handler` → `registry` → `delivery`, `breaker`, `private` →
+//! `port`, `idempotency` → `publish`, `aggregate` → `handler` → `registry` → `delivery`, `breaker`, `private` →
 //! `transport` → `backend` → `app` → `testing`.
 
+pub mod actions;
+pub mod aggregate;
 pub mod app;
 mod backend;
 pub mod breaker;
@@ -38,6 +40,9 @@ mod private;
 #[cfg(test)]
 mod layers;
 
+pub use aggregate::{
+    Aggregate, AggregateEvents, EventStore, EventStoreError, EventStoreErrorKind, ExecuteError,
+};
 pub use app::{App, AppBuilder, RunningApp, ServiceCatalog};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use config::{NatsAuth, NatsSettings, Topology, WireFormat};

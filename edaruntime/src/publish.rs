@@ -168,6 +168,20 @@ impl Publisher {
         self.store(message).await
     }
 
+    /// [`Publisher::publish_raw`] with options (a handler's follow-up of a raw event).
+    pub(crate) async fn send_raw(
+        &self,
+        name: &str,
+        version: u32,
+        payload: Bytes,
+        options: PublishOptions,
+    ) -> Result<String, PublishError> {
+        check_subject_name(name)?;
+        check_options(&options)?;
+        let message = with_options(Arc::from(name), version, payload, options, &self.service);
+        self.store(message).await
+    }
+
     /// Hands one message to the transport, traced and counted; returns its id once stored.
     async fn store(&self, message: Outbound) -> Result<String, PublishError> {
         let id = message.metadata.id.clone();
@@ -238,6 +252,19 @@ pub(crate) fn outbound<E: Event>(
     name: &Arc<str>,
     source: &Arc<str>,
 ) -> Result<Outbound, PublishError> {
+    check_options(&options)?;
+    let payload = to_json(event).map_err(PublishError::Encode)?;
+    Ok(with_options(
+        Arc::clone(name),
+        E::VERSION,
+        Bytes::from(payload),
+        options,
+        source,
+    ))
+}
+
+/// The options' ids and traceparent travel as headers: non-empty, on one line.
+fn check_options(options: &PublishOptions) -> Result<(), PublishError> {
     for (what, value) in [
         ("event id", &options.id),
         ("correlation id", &options.correlation_id),
@@ -253,8 +280,18 @@ pub(crate) fn outbound<E: Event>(
             }
         }
     }
-    let payload = to_json(event).map_err(PublishError::Encode)?;
-    let mut metadata = Metadata::new(Arc::clone(name), E::VERSION, Arc::clone(source));
+    Ok(())
+}
+
+/// A message of event `name` with `options` applied to its metadata.
+fn with_options(
+    name: Arc<str>,
+    version: u32,
+    payload: Bytes,
+    options: PublishOptions,
+    source: &Arc<str>,
+) -> Outbound {
+    let mut metadata = Metadata::new(name, version, Arc::clone(source));
     let explicit_id = options.id.is_some();
     if let Some(id) = options.id {
         metadata.correlation_id.clone_from(&id);
@@ -271,12 +308,12 @@ pub(crate) fn outbound<E: Event>(
     if let Some(time) = options.time {
         metadata.time = time;
     }
-    Ok(Outbound {
+    Outbound {
         metadata: Arc::new(metadata),
-        payload: Bytes::from(payload),
+        payload,
         explicit_id,
         explicit_time,
-    })
+    }
 }
 
 /// The event name `name` as one shared string: every event of a type points at it instead of

@@ -79,8 +79,13 @@ pub fn decide(outcome: &Outcome, attempt: u32, options: &HandlerOptions, random:
             error,
         };
     }
+    let backoff = backoff_delay(&options.backoff, attempt, random);
+    let asked = match outcome {
+        Outcome::Failed(e) => e.retry_delay(),
+        _ => None,
+    };
     Decision::Retry {
-        delay: backoff_delay(&options.backoff, attempt, random),
+        delay: asked.map_or(backoff, |asked| asked.max(backoff)),
         error,
     }
 }
@@ -120,6 +125,28 @@ mod tests {
             },
             ..HandlerOptions::default()
         }
+    }
+
+    #[test]
+    fn a_failure_that_asks_for_a_delay_waits_at_least_that_long() {
+        let o = options(3, Backoff::Fixed, false);
+        let asked = Outcome::Failed(HandlerError::retry_after("429", Duration::from_secs(5)));
+        assert!(matches!(
+            decide(&asked, 1, &o, 0.0),
+            Decision::Retry { delay, .. } if delay == Duration::from_secs(5)
+        ));
+        let short = Outcome::Failed(HandlerError::retry_after("429", Duration::from_millis(1)));
+        assert!(matches!(
+            decide(&short, 1, &o, 0.0),
+            Decision::Retry { delay, .. } if delay == Duration::from_millis(100)
+        ));
+        assert!(matches!(
+            decide(&asked, 4, &o, 0.0),
+            Decision::DeadLetter {
+                reason: DlqReason::RetriesExhausted,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use bytes::Bytes;
+
 use crate::error::PublishError;
 use crate::event::{Event, Metadata};
 use crate::publish::{PublishOptions, Publisher};
@@ -113,7 +115,7 @@ pub struct Context {
 #[derive(Default)]
 struct FollowUps {
     /// How many events of each type were published.
-    published: Mutex<Vec<(&'static str, u32)>>,
+    published: Mutex<Vec<(Box<str>, u32)>>,
     /// The trace started for an event that came without one.
     trace: OnceLock<String>,
 }
@@ -141,30 +143,55 @@ impl Context {
     /// In debug builds, a handler that declares `emits = [..]` gets
     /// [`PublishError::Invalid`] for an event the list does not name.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String, PublishError> {
+        let options = self.follow_up(E::NAME, std::any::type_name::<E>())?;
+        self.scope.publisher.send(event, options).await
+    }
+
+    /// Publishes a payload as event `name` of `version` without a Rust type, as a follow-up
+    /// of this event like [`Context::publish`] (same ids, correlation, cause and trace; the
+    /// same `emits` check in debug builds). For handlers that forward or build events from
+    /// data, such as declared actions (`crate::actions`).
+    pub async fn publish_raw(
+        &self,
+        name: &str,
+        version: u32,
+        payload: impl Into<Bytes>,
+    ) -> Result<String, PublishError> {
+        let options = self.follow_up(name, name)?;
+        self.scope
+            .publisher
+            .send_raw(name, version, payload.into(), options)
+            .await
+    }
+
+    /// The options of this invocation's next follow-up of event `name` (`type_name` names
+    /// it in the `emits` message).
+    fn follow_up(&self, name: &str, type_name: &str) -> Result<PublishOptions, PublishError> {
         #[cfg(debug_assertions)]
         if let Some(emits) = self.scope.emits {
-            if !emits.contains(&E::NAME) {
+            if !emits.contains(&name) {
                 return Err(PublishError::Invalid(format!(
-                    "handler `{}` publishes `{}`, which its `emits = [..]` does not list: add {} to it (the service's NATS permissions are generated from that list; this check runs in debug builds)",
+                    "handler `{}` publishes `{name}`, which its `emits = [..]` does not list: add {} to it (the service's NATS permissions are generated from that list; this check runs in debug builds)",
                     self.scope.handler,
-                    E::NAME,
-                    std::any::type_name::<E>().rsplit("::").next().unwrap_or(E::NAME),
+                    type_name.rsplit("::").next().unwrap_or(name),
                 )));
             }
         }
+        #[cfg(not(debug_assertions))]
+        let _ = type_name;
         let index = {
             let mut published = self
                 .follow_ups
                 .published
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            match published.iter_mut().find(|(name, _)| *name == E::NAME) {
+            match published.iter_mut().find(|(n, _)| **n == *name) {
                 Some((_, count)) => {
                     *count += 1;
                     *count - 1
                 }
                 None => {
-                    published.push((E::NAME, 1));
+                    published.push((name.into(), 1));
                     0
                 }
             }
@@ -174,7 +201,7 @@ impl Context {
                 self.scope.publisher.service(),
                 &self.scope.handler,
                 &self.metadata.id,
-                E::NAME,
+                name,
             ],
             index,
         );
@@ -191,12 +218,11 @@ impl Context {
                 .trace
                 .get_or_init(crate::observe::trace::new_traceparent),
         };
-        let options = PublishOptions::default()
+        Ok(PublishOptions::default()
             .id(id)
             .correlation_id(self.metadata.correlation_id.clone())
             .causation_id(self.metadata.id.clone())
-            .traceparent(trace.clone());
-        self.scope.publisher.send(event, options).await
+            .traceparent(trace.clone()))
     }
 
     /// The current event's metadata.

@@ -1,6 +1,7 @@
 //! The error a handler returns, and whether it is worth retrying.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::BoxError;
 
@@ -28,6 +29,7 @@ pub enum ErrorKind {
 pub struct HandlerError {
     kind: ErrorKind,
     error: BoxError,
+    retry_after: Option<Duration>,
 }
 
 impl HandlerError {
@@ -36,7 +38,29 @@ impl HandlerError {
         HandlerError {
             kind: ErrorKind::Retryable,
             error: error.into(),
+            retry_after: None,
         }
+    }
+
+    /// A failure worth retrying no sooner than `delay` from now — a downstream that said when
+    /// to come back (HTTP 429 or 503 with `Retry-After`). The next attempt waits the longer of
+    /// `delay` and the handler's backoff; with retries left, never less than `delay`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let e = eda::HandlerError::retry_after("rate limited", Duration::from_secs(2));
+    /// assert_eq!(e.retry_delay(), Some(Duration::from_secs(2)));
+    /// ```
+    pub fn retry_after(error: impl Into<BoxError>, delay: Duration) -> HandlerError {
+        HandlerError {
+            retry_after: Some(delay),
+            ..HandlerError::retry(error)
+        }
+    }
+
+    /// The delay the failure asked for ([`HandlerError::retry_after`]).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// A failure no retry can fix (invalid data, business rule): dead-letter at once.
@@ -44,6 +68,7 @@ impl HandlerError {
         HandlerError {
             kind: ErrorKind::Permanent,
             error: error.into(),
+            retry_after: None,
         }
     }
 
