@@ -516,6 +516,7 @@ impl AppBuilder {
         let (mut handlers, found) =
             registry::select(&self.service, self.only.as_deref(), &self.states);
         problems.extend(found);
+        problems.extend(registry::event_problems());
         let mut states = self.states;
         if !self.actions.is_empty() {
             match load_actions(&self.actions, &handlers) {

@@ -17,6 +17,8 @@ pub struct EventDescriptor {
     pub upcast_from: Option<&'static str>,
     pub schema: fn() -> serde_json::Value,
     pub fingerprint: fn() -> String,
+    /// The type's full path (`std::any::type_name`), to tell apart types of one name.
+    pub rust_type: fn() -> &'static str,
 }
 
 impl EventDescriptor {
@@ -29,6 +31,7 @@ impl EventDescriptor {
             upcast_from,
             schema: E::schema,
             fingerprint: E::fingerprint,
+            rust_type: std::any::type_name::<E>,
         }
     }
 }
@@ -114,6 +117,44 @@ pub(crate) fn catalog() -> Catalog {
         .collect();
     handlers.sort_by(|a, b| (&a.name, &a.module_path).cmp(&(&b.name, &b.module_path)));
     Catalog { events, handlers }
+}
+
+/// One line for each event name and version that types of this binary define with different
+/// schemas: a name and version have one schema on the wire and in the registry, and which of
+/// the types a publisher or a handler took would be an accident of the code. Types of one
+/// shape (the same fingerprint, e.g. one renamed) are no problem.
+pub(crate) fn event_problems() -> Vec<String> {
+    let mut by_key: HashMap<(&str, u32), Vec<(&str, String)>> = HashMap::new();
+    for event in inventory::iter::<EventDescriptor> {
+        by_key
+            .entry((event.name, event.version))
+            .or_default()
+            .push(((event.rust_type)(), (event.fingerprint)()));
+    }
+    let mut clashes: Vec<_> = by_key
+        .into_iter()
+        .filter(|(_, types)| types.iter().any(|(_, f)| *f != types[0].1))
+        .collect();
+    clashes.sort_by_key(|(key, _)| *key);
+    clashes
+        .into_iter()
+        .map(|((name, version), mut types)| {
+            types.sort();
+            let listed: Vec<String> = types
+                .iter()
+                .map(|(ty, fingerprint)| format!("`{ty}` (fingerprint `{fingerprint}`)"))
+                .collect();
+            let listed = match listed.split_last() {
+                Some((last, rest)) if !rest.is_empty() => {
+                    format!("{} and {last}", rest.join(", "))
+                }
+                _ => listed.join(""),
+            };
+            format!(
+                "event `{name}` v{version} has different schemas in this binary: {listed}; one name and version have one schema: give one of them another version (or another name)"
+            )
+        })
+        .collect()
 }
 
 /// The handlers `service` runs (all whose `service` is unset or equal, or just `only`),
