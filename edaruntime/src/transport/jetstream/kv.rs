@@ -56,7 +56,7 @@ impl JetStream {
             });
             // A `Value` always serializes.
             let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
-            match schemas.create(&key, bytes).await {
+            match create_when_ready(schemas, &key, bytes).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                     let stored = schemas.get(&key).await.map_err(|e| {
@@ -84,6 +84,35 @@ impl JetStream {
             Ok(())
         } else {
             Err(Error::new(ErrorKind::SchemaConflict, problems.join("; ")))
+        }
+    }
+}
+
+/// How long a write to a bucket created a moment ago waits for its stream to have a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// `create` on a bucket that may have been created a moment ago: on a cluster its stream
+/// may have no leader yet, and the server answers "no responders" until it has one (seen
+/// when services start with a new cluster). Retried for at most [`LEADER_WAIT`].
+async fn create_when_ready(
+    store: &kv::Store,
+    key: &str,
+    value: Bytes,
+) -> Result<u64, kv::CreateError> {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store.create(key, value.clone()).await {
+            Err(e)
+                if e.kind() != kv::CreateErrorKind::AlreadyExists
+                    && e.to_string().contains("no responders")
+                    && tokio::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(key, error = %e, "the bucket's stream has no leader yet; waiting");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
         }
     }
 }
