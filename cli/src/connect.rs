@@ -128,6 +128,35 @@ impl NatsArgs {
         settings
     }
 
+    /// `builder` set to run on this server with these credentials and stream names (for
+    /// `eda actions run`).
+    pub fn app_builder(&self, builder: eda::AppBuilder) -> eda::AppBuilder {
+        let mut builder = builder.nats(self.url.clone());
+        if let Some(path) = &self.creds {
+            builder = builder.nats_credentials(path.clone());
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            builder = builder.nats_user_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            builder = builder.nats_token(token.clone());
+        }
+        if let Some(seed) = &self.nkey {
+            builder = builder.nats_nkey(seed.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            builder = builder.nats_tls_ca(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            builder = builder.nats_tls_client_cert(cert.clone(), key.clone());
+        }
+        let mut topology = eda::Topology::default();
+        topology.events_stream.clone_from(&self.events_stream);
+        topology.dlq_stream.clone_from(&self.dlq_stream);
+        topology.redrive_stream.clone_from(&self.redrive_stream);
+        builder.topology(topology)
+    }
+
     /// Connects as eda services do (credentials, also in the URL, TLS, mutual TLS), within
     /// [`CONNECT_TIMEOUT`], to a server with JetStream.
     pub async fn connect(&self) -> Result<Broker> {

@@ -6,6 +6,8 @@
 //!   `--html <dir>` writes it as a static page with the flow graph.
 //! - `eda permissions <binary>`: the NATS permissions block of a service.
 //!
+//! - `eda actions check|graph|run <file>`: a file of triggers that call HTTP services.
+//!
 //! Errors are one line on stderr and exit code 1; usage errors exit 2.
 
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod actions;
 mod catalog;
 mod connect;
 mod dlq;
@@ -48,6 +51,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Actions without code: check, draw or run a file of triggers that call HTTP services.
+    Actions {
+        #[command(subcommand)]
+        command: actions::ActionsCommand,
+    },
     /// Streams, consumers, dead letters per handler and reason, registered schemas.
     Status {
         #[command(flatten)]
@@ -146,6 +154,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Actions { command } => actions::run(command),
         Command::Catalog {
             binaries,
             run,
