@@ -11,6 +11,8 @@ use crate::connect::NatsArgs;
 use crate::{Failure, Result};
 
 /// What `eda actions` does.
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ActionsCommand {
     /// Check an actions file without running it: every problem with its line and column.
