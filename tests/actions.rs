@@ -460,3 +460,47 @@ fn every_mistake_in_the_file_is_a_load_error_with_its_position() {
         "{missing}"
     );
 }
+
+#[test]
+fn triggers_are_in_the_catalog_and_the_generated_permissions() {
+    let path = actions_file(
+        r#"
+[[trigger]]
+name = "sync_user"
+event = "act.user.created"
+[[trigger.action]]
+type = "web_service"
+url = "http://127.0.0.1:9/users"
+emit = "act.user.synced"
+"#,
+    );
+    let app = App::builder("integrations")
+        .without_env()
+        .in_memory()
+        .handlers(&[])
+        .actions(&path)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let permissions = app.permissions();
+    for subject in [
+        "$JS.API.CONSUMER.MSG.NEXT.EDA_EVENTS.integrations__sync_user",
+        "$JS.ACK.EDA_EVENTS.integrations__sync_user.>",
+        "events.act.user.synced",
+    ] {
+        assert!(
+            permissions.publish.contains(&subject.to_owned()),
+            "{subject}: {permissions}"
+        );
+    }
+    let catalog = app.describe();
+    let trigger = catalog
+        .handlers
+        .iter()
+        .find(|h| h.name == "sync_user")
+        .unwrap();
+    assert_eq!(trigger.subject, "act.user.created");
+    assert_eq!(
+        trigger.emits.as_deref(),
+        Some(&["act.user.synced".to_owned()][..])
+    );
+}

@@ -108,7 +108,7 @@ impl App {
 
     /// What this service consumes and emits, as configured.
     pub fn describe(&self) -> ServiceCatalog {
-        let catalog = registry::catalog();
+        let catalog = self.catalog_with_actions();
         let topology = self.topology();
         let handlers = catalog
             .handlers
@@ -130,6 +130,22 @@ impl App {
         }
     }
 
+    /// The binary's catalog with the handlers the app runs that it lacks (the triggers of
+    /// actions files).
+    fn catalog_with_actions(&self) -> Catalog {
+        let mut catalog = registry::catalog();
+        for descriptor in &self.handlers {
+            let known = catalog
+                .handlers
+                .iter()
+                .any(|h| h.name == descriptor.name && h.module_path == descriptor.module_path);
+            if !known {
+                catalog.handlers.push(registry::info(descriptor));
+            }
+        }
+        catalog
+    }
+
     fn topology(&self) -> Topology {
         match &self.transport {
             BackendChoice::Nats(settings) => settings.topology.clone(),
@@ -145,7 +161,7 @@ impl App {
         let topology = self.topology();
         let only: Vec<&'static str> = self.handlers.iter().map(|h| h.name).collect();
         permissions_for(
-            &registry::catalog(),
+            &self.catalog_with_actions(),
             &self.service,
             &topology,
             Some(&only),

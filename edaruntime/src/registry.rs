@@ -86,6 +86,21 @@ pub struct HandlerInfo {
     pub module_path: String,
 }
 
+/// What the catalog says of one handler.
+pub(crate) fn info(h: &HandlerDescriptor) -> HandlerInfo {
+    HandlerInfo {
+        name: h.name.to_owned(),
+        subject: h.subject.to_owned(),
+        service: h.service.map(str::to_owned),
+        event: h.event,
+        options: h.options,
+        emits: h
+            .emits
+            .map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
+        module_path: h.module_path.to_owned(),
+    }
+}
+
 pub(crate) fn catalog() -> Catalog {
     let mut events: Vec<EventInfo> = inventory::iter::<EventDescriptor>
         .into_iter()
@@ -103,17 +118,7 @@ pub(crate) fn catalog() -> Catalog {
     });
     let mut handlers: Vec<HandlerInfo> = inventory::iter::<HandlerDescriptor>
         .into_iter()
-        .map(|h| HandlerInfo {
-            name: h.name.to_owned(),
-            subject: h.subject.to_owned(),
-            service: h.service.map(str::to_owned),
-            event: h.event,
-            options: h.options,
-            emits: h
-                .emits
-                .map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
-            module_path: h.module_path.to_owned(),
-        })
+        .map(info)
         .collect();
     handlers.sort_by(|a, b| (&a.name, &a.module_path).cmp(&(&b.name, &b.module_path)));
     Catalog { events, handlers }
