@@ -43,6 +43,57 @@ async fn on_synced(event: UserSynced, ctx: Context) {
     ));
 }
 
+/// Every log line of this test binary (all tests), as `tracing` formats its fields.
+static LOGS: Mutex<String> = Mutex::new(String::new());
+
+/// A subscriber that writes every event's and span's fields into [`LOGS`]: the secret must
+/// never be there.
+struct Capture;
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut line = format!("span {}:", span.metadata().name());
+        span.record(&mut Fields(&mut line));
+        log(line);
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut line = String::from("record:");
+        values.record(&mut Fields(&mut line));
+        log(line);
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = format!("{}:", event.metadata().level());
+        event.record(&mut Fields(&mut line));
+        log(line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn log(line: String) {
+    let mut logs = LOGS.lock().unwrap();
+    logs.push_str(&line);
+    logs.push('\n');
+}
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| tracing::subscriber::set_global_default(Capture).unwrap());
+}
+
 fn actions_file(toml: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!("eda-actions-{}", std::process::id()));
@@ -58,6 +109,7 @@ fn set_secret() {
 }
 
 async fn start(server: &NatsServer, service: &str, toml: &str, only: &[&str]) -> RunningApp {
+    capture_logs();
     builder(server, service, toml, only)
         .start()
         .await
@@ -284,6 +336,16 @@ headers = {{ Authorization = "Bearer ${{env.{SECRET_VAR}}}" }}
             "the secret is in a dead letter: {headers}"
         );
     }
+    let logs = LOGS.lock().unwrap().clone();
+    assert!(
+        logs.contains("handler failed; will retry"),
+        "logs are captured: {logs}"
+    );
+    assert!(
+        logs.contains("answered 500 Internal Server Error"),
+        "{logs}"
+    );
+    assert!(!logs.contains(SECRET), "the secret is in the logs");
     app.shutdown().await.unwrap();
 }
 
