@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
@@ -1064,4 +1064,177 @@ async fn a_registry_entry_that_is_not_a_schema_stops_startup_naming_it() {
             "{error}"
         );
     }
+}
+
+/// Warnings and errors logged anywhere in this test binary, as text (message and fields).
+fn logged() -> &'static Mutex<Vec<String>> {
+    static LOGGED: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    LOGGED.get_or_init(Default::default)
+}
+
+/// The warnings and errors logged so far that contain every one of `texts`.
+fn logged_with(texts: &[&str]) -> Vec<String> {
+    logged()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| texts.iter().all(|t| line.contains(t)))
+        .cloned()
+        .collect()
+}
+
+/// Records every warning and error (the global subscriber of the tests that look at logs:
+/// global, so that the app's tasks on every thread are seen).
+struct WarnLog;
+
+struct Text(String);
+
+impl tracing::field::Visit for Text {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+}
+
+impl tracing::Subscriber for WarnLog {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut text = Text(format!("{}:", event.metadata().level()));
+        event.record(&mut text);
+        logged().lock().unwrap().push(text.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Polls `done` until it holds or `within` passed; whether it held.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut done: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done().await
+}
+
+/// The fingerprint the registry holds for `key`, if any.
+async fn registered(schemas: &jetstream::kv::Store, key: &str) -> Option<String> {
+    let stored = schemas.get(key).await.unwrap()?;
+    let value: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    value["fingerprint"].as_str().map(str::to_owned)
+}
+
+/// A schema change that slips past startup: while a service runs with `parcel.sent` v1 of
+/// fingerprint A, its registry entry is replaced by that of a binary whose `parcel.sent` v1
+/// has another shape (fingerprint B; what such a binary registers once the entry was deleted:
+/// here the shape of `ParcelBulky`). The running service logs an error naming both
+/// fingerprints, once, and goes on; a binary whose fingerprint differs from the registry's
+/// cannot start (`SchemaConflict`, both fingerprints); a deleted entry is registered again by
+/// the running service, so that the next binary of another shape is stopped at its startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_registered_over_a_running_service_is_logged_with_both_fingerprints() {
+    let _ = tracing::subscriber::set_global_default(WarnLog);
+    let server = server();
+    let seen = Arc::new(Seen::default());
+    let app = app(&server, &seen, &["record_parcel"]).await;
+    let ours = <ParcelSent as eda::Event>::fingerprint();
+    let theirs = <ParcelBulky as eda::Event>::fingerprint();
+    assert_ne!(ours, theirs);
+    let js = plain_client(&server).await;
+    let schemas = js.get_key_value("EDA_SCHEMAS").await.unwrap();
+    assert_eq!(
+        registered(&schemas, "parcel.sent.v1").await,
+        Some(ours.clone())
+    );
+
+    // Deleted and registered by the other binary in one step (a put), so that the running
+    // service cannot register its own again in between.
+    let other = serde_json::json!({
+        "name": "parcel.sent",
+        "version": 1,
+        "fingerprint": theirs,
+        "schema": <ParcelBulky as eda::Event>::schema(),
+    });
+    schemas
+        .put("parcel.sent.v1", serde_json::to_vec(&other).unwrap().into())
+        .await
+        .unwrap();
+    let naming_both = [
+        "ERROR:",
+        "another fingerprint for an event this service runs",
+        "event=parcel.sent",
+        "version=1",
+        &format!("this_binary={ours}"),
+        &format!("registry={theirs}"),
+        "give the changed schema a new version",
+    ];
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            !logged_with(&naming_both).is_empty()
+        })
+        .await,
+        "the running service logs the change with both fingerprints; logged: {:?}",
+        logged_with(&["parcel.sent"])
+    );
+
+    // It goes on.
+    app.publish(&ParcelSent { id: 1 }).await.unwrap();
+    app.settle().await;
+    assert_eq!(seen.parcels().len(), 1);
+    assert!(app.dead_letters().await.unwrap().is_empty());
+
+    // A binary whose schema differs from the registry's does not start (this one, now).
+    let error = within_a_minute(
+        "starting against a registry with another fingerprint",
+        App::builder(SERVICE)
+            .nats(server.url())
+            .without_env()
+            .handlers(&[])
+            .start(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::SchemaConflict, "{error:?}");
+    assert!(
+        error.to_string().contains(&format!(
+            "event `parcel.sent` v1: this binary's schema has fingerprint `{ours}` but the registry `EDA_SCHEMAS` has `{theirs}`"
+        )),
+        "{error}"
+    );
+
+    // Deleted: the running service registers its schema again.
+    schemas.delete("parcel.sent.v1").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            registered(&schemas, "parcel.sent.v1").await.as_deref() == Some(ours.as_str())
+        })
+        .await,
+        "the running service registers its schema again"
+    );
+    let again = [
+        "WARN:",
+        "was deleted; registered again",
+        "event=parcel.sent",
+        &format!("fingerprint={ours}"),
+    ];
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !logged_with(&again).is_empty()
+        })
+        .await,
+        "and says so: {:?}",
+        logged_with(&["parcel.sent"])
+    );
+    assert_eq!(logged_with(&naming_both).len(), 1, "one change, one error");
 }

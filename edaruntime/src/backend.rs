@@ -96,7 +96,8 @@ impl Backend {
     }
 
     /// Work the backend does beside consuming while the app runs (on NATS: reading each
-    /// consumer's backlog into the gauges and its acknowledged position).
+    /// consumer's backlog into the gauges and its acknowledged position, and one of this
+    /// binary's schema registry entries, checked against its fingerprint).
     pub(crate) fn background(
         &self,
         runtimes: &[Arc<HandlerRuntime>],
@@ -105,6 +106,7 @@ impl Backend {
         let (js, runtimes) = (Arc::clone(js), runtimes.to_vec());
         Some(Box::pin(async move {
             let mut ticks = tokio::time::interval(BACKLOG_POLL);
+            let mut schemas = js.schema_watch();
             loop {
                 ticks.tick().await;
                 for runtime in &runtimes {
@@ -117,6 +119,7 @@ impl Backend {
                             .store(backlog.acknowledged, Ordering::SeqCst);
                     }
                 }
+                js.check_next_schema(&mut schemas).await;
             }
         }))
     }

@@ -14,6 +14,7 @@ pub(crate) mod permissions;
 mod provision;
 mod publish;
 mod recreate;
+mod schemas;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
