@@ -566,3 +566,80 @@ emit = "act.user.synced"
         Some(&["act.user.synced".to_owned()][..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_changed_actions_keeps_the_old_set_on_errors_and_follows_sighup() {
+    let nats = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let http = HttpServer::start(|_, _| Answer::status(200)).await;
+    let trigger = |path: &str| {
+        format!(
+            "[[trigger]]\nname = \"relay\"\nevent = \"act.reload.ping\"\n[[trigger.action]]\ntype = \"web_service\"\nurl = \"{}/{path}/${{event.n}}\"\n",
+            http.url()
+        )
+    };
+    let file = actions_file(&trigger("v1"));
+    set_secret();
+    capture_logs();
+    let app = App::builder("reloading")
+        .without_env()
+        .nats(nats.url())
+        .handlers(&[])
+        .actions(&file)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ping = |n: u64| {
+        let publisher = app.publisher();
+        async move {
+            publisher
+                .publish_raw("act.reload.ping", 1, format!("{{\"n\":{n}}}"))
+                .await
+                .unwrap()
+        }
+    };
+    ping(1).await;
+    eventually("v1 called", || !http.requests_to("/v1/1").is_empty()).await;
+
+    let added = "\n[[trigger]]\nname = \"extra\"\nevent = \"act.reload.other\"\n[[trigger.action]]\ntype = \"web_service\"\nurl = \"http://127.0.0.1:9/x\"\n";
+    std::fs::write(&file, trigger("v2") + added).unwrap();
+    let report = app.reload_actions().unwrap();
+    assert_eq!(report.updated, ["relay"]);
+    assert_eq!(report.need_restart, ["`extra` is new"]);
+    ping(2).await;
+    eventually("v2 called", || !http.requests_to("/v2/2").is_empty()).await;
+
+    std::fs::write(&file, trigger("v3").replace("${event.n}", "${event.n")).unwrap();
+    let error = app.reload_actions().unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "{}:6:7: `${{` without a closing `}}`",
+            file.display()
+        )),
+        "{error}"
+    );
+    ping(3).await;
+    eventually("still v2", || !http.requests_to("/v2/3").is_empty()).await;
+
+    std::fs::write(&file, trigger("v4")).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut n = 4;
+    loop {
+        ping(n).await;
+        eventually("the ping is handled", || {
+            http.requests()
+                .iter()
+                .any(|r| r.path.ends_with(&format!("/{n}")))
+        })
+        .await;
+        if !http.requests_to(&format!("/v4/{n}")).is_empty() {
+            break;
+        }
+        assert!(n < 100, "SIGHUP never reloaded the file");
+        n += 1;
+    }
+    app.shutdown().await.unwrap();
+}

@@ -244,6 +244,20 @@ impl App {
         if let Some(work) = backend.background(&runtimes) {
             background.push(tokio::spawn(work).abort_handle());
         }
+        let actions = self
+            .states
+            .get::<crate::actions::Runner>()
+            .map(|s| Arc::clone(s.arc()));
+        if let Some(runner) = &actions {
+            let reload = crate::actions::reload_on_hangup(Arc::clone(runner)).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Io,
+                    format!("cannot listen for SIGHUP (actions reload): {e}"),
+                    e,
+                )
+            })?;
+            background.push(tokio::spawn(reload).abort_handle());
+        }
         tracing::info!(service = %self.service, handlers = self.handlers.len(), "started");
         Ok(RunningApp {
             publisher,
@@ -256,6 +270,7 @@ impl App {
             shutdown_timeout: self.shutdown_timeout,
             metrics_addr,
             background,
+            actions,
         })
     }
 
@@ -658,7 +673,7 @@ fn load_actions(
             ));
         }
     }
-    let runner = actions.runner().map_err(|e| vec![e])?;
+    let runner = actions.runner(paths).map_err(|e| vec![e])?;
     if problems.is_empty() {
         Ok((actions.descriptors(), runner))
     } else {
@@ -753,9 +768,26 @@ pub struct RunningApp {
     metrics_addr: Option<SocketAddr>,
     /// The HTTP listener and the consumer-backlog poller, stopped at shutdown.
     background: Vec<tokio::task::AbortHandle>,
+    /// The triggers of its actions files, if it was given any.
+    actions: Option<Arc<crate::actions::Runner>>,
 }
 
 impl RunningApp {
+    /// Reads the app's actions files again, as SIGHUP does: triggers whose actions changed
+    /// run the new ones from their next event; a file with errors changes nothing (its
+    /// problems are the error). Triggers added or removed, or with another event, retries,
+    /// concurrency, breaker or `emit`, need a restart: the report names them.
+    pub fn reload_actions(
+        &self,
+    ) -> std::result::Result<crate::actions::Reloaded, crate::actions::ActionsError> {
+        let result = match &self.actions {
+            Some(runner) => runner.reload(),
+            None => Ok(crate::actions::Reloaded::default()),
+        };
+        crate::actions::log_reload(&result);
+        result
+    }
+
     /// A publisher for this service's events.
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()

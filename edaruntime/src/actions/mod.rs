@@ -37,8 +37,8 @@ mod graph;
 mod template;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -215,7 +215,7 @@ impl Actions {
 
     /// What the triggers need at run time: themselves by name and one HTTP client (one
     /// connection pool) for all.
-    pub(crate) fn runner(&self) -> Result<Runner, String> {
+    pub(crate) fn runner(&self, paths: &[PathBuf]) -> Result<Runner, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -231,12 +231,14 @@ impl Actions {
             .build()
             .map_err(|e| format!("cannot set up the HTTP client for actions: {e}"))?;
         Ok(Runner {
-            triggers: self
-                .triggers
-                .iter()
-                .map(|t| (t.name.clone(), Arc::new(t.clone())))
-                .collect(),
+            triggers: RwLock::new(
+                self.triggers
+                    .iter()
+                    .map(|t| (t.name.clone(), Arc::new(t.clone())))
+                    .collect(),
+            ),
             client,
+            paths: paths.to_vec(),
         })
     }
 }
@@ -245,11 +247,111 @@ fn leak(text: &str) -> &'static str {
     Box::leak(text.to_owned().into_boxed_str())
 }
 
-/// The triggers of an app, by name, with the HTTP client they share (an app state).
+/// The triggers of an app, by name, with the HTTP client they share (an app state), and the
+/// files they came from (read again by [`Runner::reload`]).
 #[derive(Debug)]
 pub(crate) struct Runner {
-    triggers: HashMap<String, Arc<Trigger>>,
+    triggers: RwLock<HashMap<String, Arc<Trigger>>>,
     client: reqwest::Client,
+    paths: Vec<PathBuf>,
+}
+
+impl Runner {
+    fn trigger(&self, name: &str) -> Option<Arc<Trigger>> {
+        self.triggers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Reads the files again. A file with errors changes nothing (the errors are returned and
+    /// logged). A trigger whose actions changed (URL, method, headers, body, timeout, emit)
+    /// runs the new ones from its next event; a trigger added, removed, or with another
+    /// event, retries, concurrency or breaker needs a restart, and is named in the report.
+    pub(crate) fn reload(&self) -> Result<Reloaded, ActionsError> {
+        let mut loaded: Option<Actions> = None;
+        for path in &self.paths {
+            let actions = Actions::load(path)?;
+            match &mut loaded {
+                None => loaded = Some(actions),
+                Some(all) => all.merge(actions)?,
+            }
+        }
+        let Some(loaded) = loaded else {
+            return Ok(Reloaded::default());
+        };
+        let mut report = Reloaded::default();
+        let mut triggers = self
+            .triggers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for new in loaded.triggers {
+            match triggers.get(&new.name) {
+                None => report.need_restart.push(format!("`{}` is new", new.name)),
+                Some(old) if !old.same_consumer(&new) => report.need_restart.push(format!(
+                    "`{}` changed its event, retries, concurrency or breaker",
+                    new.name
+                )),
+                Some(_) => {
+                    report.updated.push(new.name.clone());
+                    triggers.insert(new.name.clone(), Arc::new(new));
+                }
+            }
+        }
+        for name in triggers.keys() {
+            if !report.updated.contains(name)
+                && !report
+                    .need_restart
+                    .iter()
+                    .any(|r| r.starts_with(&format!("`{name}`")))
+            {
+                report.need_restart.push(format!("`{name}` was removed"));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What [`Runner::reload`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Triggers that run their new actions from their next event.
+    pub updated: Vec<String>,
+    /// Changes that take effect only when the service restarts, one line each.
+    pub need_restart: Vec<String>,
+}
+
+/// Reloads on SIGHUP for as long as the app runs (a file with errors keeps the loaded
+/// triggers, and says why).
+pub(crate) fn reload_on_hangup(
+    runner: Arc<Runner>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(async move {
+        #[cfg(unix)]
+        while hangups.recv().await.is_some() {
+            log_reload(&runner.reload());
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    })
+}
+
+/// Logs what a reload did.
+pub(crate) fn log_reload(result: &Result<Reloaded, ActionsError>) {
+    match result {
+        Ok(report) => {
+            tracing::info!(updated = ?report.updated, "reloaded the actions files");
+            for line in &report.need_restart {
+                tracing::warn!("actions reload: trigger {line}: restart the service to apply it");
+            }
+        }
+        Err(e) => {
+            tracing::error!(problems = %e, "the actions files have errors; the triggers loaded before go on")
+        }
+    }
 }
 
 /// The invoke function of every trigger's descriptor: finds the trigger by the handler's
@@ -260,16 +362,12 @@ fn invoke(invocation: Invocation) -> BoxFuture<'static, InvokeResult> {
         let runner = context.state::<Runner>().ok_or_else(|| {
             Failure::Handler(HandlerError::retry("the app has no actions loaded"))
         })?;
-        let trigger = runner
-            .triggers
-            .get(context.handler())
-            .cloned()
-            .ok_or_else(|| {
-                Failure::Handler(HandlerError::retry(format!(
-                    "no trigger named `{}` is loaded",
-                    context.handler()
-                )))
-            })?;
+        let trigger = runner.trigger(context.handler()).ok_or_else(|| {
+            Failure::Handler(HandlerError::retry(format!(
+                "no trigger named `{}` is loaded",
+                context.handler()
+            )))
+        })?;
         let event: Value = serde_json::from_slice(raw.payload()).map_err(|e| {
             Failure::Handler(HandlerError::permanent(format!(
                 "trigger `{}`: the payload of `{}` is not JSON ({e}); actions read JSON events",
@@ -290,6 +388,22 @@ fn invoke(invocation: Invocation) -> BoxFuture<'static, InvokeResult> {
         }
         Ok(())
     })
+}
+
+impl Trigger {
+    /// Whether `other` can run on this trigger's consumer and runtime (what a reload can
+    /// change in place).
+    fn same_consumer(&self, other: &Trigger) -> bool {
+        self.event == other.event
+            && self.retries == other.retries
+            && self.concurrency == other.concurrency
+            && self.breaker == other.breaker
+            && self
+                .actions
+                .iter()
+                .map(|a| &a.emit)
+                .eq(other.actions.iter().map(|a| &a.emit))
+    }
 }
 
 impl Action {
