@@ -200,6 +200,30 @@ async fn publish_options_that_cannot_travel_as_headers_are_a_clear_error() {
         error.to_string(),
         "the event id `order-7\\nplaced` must be non-empty and on one line (it travels as a header)"
     );
+    type Set = fn(eda::PublishOptions, &str) -> eda::PublishOptions;
+    let options: [(&str, Set); 4] = [
+        ("event id", |o, v| o.id(v)),
+        ("correlation id", |o, v| o.correlation_id(v)),
+        ("causation id", |o, v| o.causation_id(v)),
+        ("traceparent", |o, v| o.traceparent(v)),
+    ];
+    for (what, set) in options {
+        for (value, shown) in [("", ""), ("a\rb", "a\\rb"), ("a\nb", "a\\nb")] {
+            let error = app
+                .publisher()
+                .publish_with(
+                    &InvoiceSent { id: 1 },
+                    set(eda::PublishOptions::default(), value),
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(error, eda::PublishError::Invalid(_)), "{error:?}");
+            assert_eq!(
+                error.to_string(),
+                format!("the {what} `{shown}` must be non-empty and on one line (it travels as a header)")
+            );
+        }
+    }
     assert!(
         app.published_raw().await.unwrap().is_empty(),
         "nothing was published"
