@@ -17,55 +17,64 @@ const STDERR_LINES: usize = 10;
 
 /// The parts of a `ServiceCatalog` the merge reads (the whole document is kept as it came).
 #[derive(Debug, Deserialize)]
-struct Catalog {
-    service: String,
+pub(crate) struct Catalog {
+    pub(crate) service: String,
+    #[serde(default = "default_subject_prefix")]
+    pub(crate) subject_prefix: String,
     #[serde(default)]
-    handlers: Vec<Handler>,
+    pub(crate) handlers: Vec<Handler>,
     #[serde(default)]
-    events: Vec<EventInfo>,
+    pub(crate) events: Vec<EventInfo>,
     #[serde(default)]
-    emits: Vec<String>,
-    permissions: eda::Permissions,
+    pub(crate) emits: Vec<String>,
+    pub(crate) permissions: eda::Permissions,
 }
 
 #[derive(Debug, Deserialize)]
-struct Handler {
-    name: String,
-    subject: String,
-    event: Option<EventRef>,
-    emits: Option<Vec<String>>,
+pub(crate) struct Handler {
+    pub(crate) name: String,
+    pub(crate) subject: String,
+    pub(crate) event: Option<EventRef>,
+    pub(crate) emits: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct EventRef {
-    name: String,
-    version: u32,
-    oldest_version: Option<u32>,
+pub(crate) struct EventRef {
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) oldest_version: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
-struct EventInfo {
-    name: String,
-    version: u32,
+pub(crate) struct EventInfo {
+    pub(crate) name: String,
+    pub(crate) version: u32,
     #[serde(default)]
-    type_name: String,
+    pub(crate) type_name: String,
     #[serde(default)]
-    fingerprint: String,
+    pub(crate) fingerprint: String,
     #[serde(default)]
-    schema: Value,
+    pub(crate) schema: Value,
+    /// The Rust type it upcasts from (one version lower), if any.
+    #[serde(default)]
+    pub(crate) upcast_from: Option<String>,
 }
 
 /// One binary's catalog: the document as printed and what was read from it.
 #[derive(Debug)]
-struct Described {
-    binary: String,
-    document: Value,
-    catalog: Catalog,
+pub(crate) struct Described {
+    pub(crate) binary: String,
+    pub(crate) document: Value,
+    pub(crate) catalog: Catalog,
+}
+
+fn default_subject_prefix() -> String {
+    eda::Topology::default().subject_prefix
 }
 
 /// Runs `binary` with `EDA_CATALOG=json` (the rest of the environment as it is) and reads its
 /// catalog; an error names the binary and shows the first lines of its stderr.
-fn describe(binary: &str, timeout: Duration) -> Result<Described> {
+pub(crate) fn describe(binary: &str, timeout: Duration) -> Result<Described> {
     let mut child = Command::new(binary)
         .env("EDA_CATALOG", "json")
         .stdin(Stdio::null())
@@ -148,35 +157,35 @@ fn describe(binary: &str, timeout: Duration) -> Result<Described> {
 
 /// A handler in the merged catalog.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-struct HandlerRef {
-    service: String,
-    handler: String,
+pub(crate) struct HandlerRef {
+    pub(crate) service: String,
+    pub(crate) handler: String,
 }
 
 /// One event version in the merged catalog.
 #[derive(Debug, Serialize)]
-struct MergedEvent {
-    name: String,
-    version: u32,
-    type_name: String,
-    fingerprint: String,
-    schema: Value,
+pub(crate) struct MergedEvent {
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) type_name: String,
+    pub(crate) fingerprint: String,
+    pub(crate) schema: Value,
     /// The services whose binaries hold this version.
-    defined_in: Vec<String>,
+    pub(crate) defined_in: Vec<String>,
     /// The services that publish it (declared with `emits`).
-    emitted_by: Vec<String>,
+    pub(crate) emitted_by: Vec<String>,
     /// The handlers it is delivered to.
-    handled_by: Vec<HandlerRef>,
+    pub(crate) handled_by: Vec<HandlerRef>,
 }
 
 /// What `eda catalog` prints.
 #[derive(Debug, Serialize)]
-struct Merged {
-    services: Vec<Value>,
-    events: Vec<MergedEvent>,
+pub(crate) struct Merged {
+    pub(crate) services: Vec<Value>,
+    pub(crate) events: Vec<MergedEvent>,
     /// One line per event version whose schema differs between binaries.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    conflicts: Vec<String>,
+    pub(crate) conflicts: Vec<String>,
 }
 
 /// Whether NATS subject pattern `pattern` (`*` one token, `>` the rest) matches `subject`.
@@ -300,7 +309,7 @@ fn push_unique(list: &mut Vec<String>, value: String) {
 }
 
 /// Runs `binaries` and merges their catalogs; schema conflicts are warned about on stderr.
-fn load(binaries: &[String], timeout: Duration) -> Result<Merged> {
+pub(crate) fn load(binaries: &[String], timeout: Duration) -> Result<Merged> {
     let described = binaries
         .iter()
         .map(|b| describe(b, timeout))

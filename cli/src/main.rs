@@ -4,6 +4,7 @@
 //! - `eda dlq list` / `eda dlq show <seq>`: the dead letters.
 //! - `eda catalog <binary>...`: the merged catalog of eda binaries (`EDA_CATALOG=json`);
 //!   `--html <dir>` writes it as a static page with the flow graph.
+//! - `eda asyncapi <binary>...`: their events as one AsyncAPI 3.0.0 document (YAML, `--json`).
 //! - `eda permissions <binary>`: the NATS permissions block of a service.
 //!
 //! - `eda actions check|graph|run <file>`: a file of triggers that call HTTP services.
@@ -16,6 +17,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod actions;
+mod asyncapi;
 mod catalog;
 mod connect;
 mod dlq;
@@ -24,6 +26,7 @@ mod html;
 mod redrive;
 mod status;
 mod table;
+mod yaml;
 
 use connect::NatsArgs;
 
@@ -84,6 +87,18 @@ enum Command {
         /// With `--html`: leave the flow graph out (no Graphviz needed).
         #[arg(long, requires = "html")]
         no_graph: bool,
+    },
+    /// Run eda binaries with `EDA_CATALOG=json` and print their events as one AsyncAPI 3.0.0
+    /// document (YAML): a channel per subject, a message per event version, a `receive`
+    /// operation per handler and a `send` operation per emitted event.
+    Asyncapi {
+        /// The service binaries.
+        #[arg(required = true, value_name = "BINARY")]
+        binaries: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        args: asyncapi::AsyncApiArgs,
     },
     /// Print the NATS permissions block of the service an eda binary runs.
     Permissions {
@@ -155,6 +170,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Actions { command } => actions::run(command),
+        Command::Asyncapi {
+            binaries,
+            run,
+            args,
+        } => asyncapi::asyncapi(&binaries, run.timeout, &args),
         Command::Catalog {
             binaries,
             run,
