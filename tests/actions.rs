@@ -643,3 +643,14 @@ async fn reload_swaps_changed_actions_keeps_the_old_set_on_errors_and_follows_si
     }
     app.shutdown().await.unwrap();
 }
+
+#[test]
+fn the_shop_examples_actions_file_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/actions.toml");
+    let actions = eda::actions::Actions::load_with_env(path, &|name| {
+        name.starts_with("SHOP_WEBHOOK_")
+            .then(|| "http://127.0.0.1:9".to_owned())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(actions.trigger_names(), ["crm_paid", "payment_alert"]);
+}
