@@ -5,6 +5,7 @@
 //! - `eda catalog <binary>...`: the merged catalog of eda binaries (`EDA_CATALOG=json`);
 //!   `--html <dir>` writes it as a static page with the flow graph.
 //! - `eda asyncapi <binary>...`: their events as one AsyncAPI 3.0.0 document (YAML, `--json`).
+//! - `eda schemas check <binary>`: its event schemas against the registry on the server.
 //! - `eda permissions <binary>`: the NATS permissions block of a service.
 //!
 //! - `eda actions check|graph|run <file>`: a file of triggers that call HTTP services.
@@ -24,6 +25,7 @@ mod dlq;
 mod graph;
 mod html;
 mod redrive;
+mod schemas;
 mod status;
 mod table;
 mod yaml;
@@ -100,6 +102,11 @@ enum Command {
         #[command(flatten)]
         args: asyncapi::AsyncApiArgs,
     },
+    /// The schema registry on the server (`EDA_SCHEMAS`).
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
     /// Print the NATS permissions block of the service an eda binary runs.
     Permissions {
         /// The service binary.
@@ -119,6 +126,24 @@ struct RunArgs {
     /// Give up on a binary that has not printed its catalog after this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Check an eda binary's event schemas against the registry before deploying it: a
+    /// version registered with another schema is an error (exit 1), a new version the binary
+    /// cannot upcast to from the newest registered one a warning.
+    Check {
+        /// The service binary (run with `EDA_CATALOG=json` for its schemas).
+        #[arg(value_name = "BINARY")]
+        binary: String,
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        args: schemas::CheckArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +215,16 @@ fn main() -> ExitCode {
             run,
         } => catalog::permissions(&binary, service.as_deref(), run.timeout),
         Command::Status { nats, json } => block_on(status::status(nats, json)),
+        Command::Schemas {
+            command:
+                SchemasCommand::Check {
+                    binary,
+                    nats,
+                    run,
+                    args,
+                },
+        } => catalog::describe(&binary, run.timeout)
+            .and_then(|described| block_on(schemas::check(described, nats, args))),
         Command::Dlq { command } => match command {
             DlqCommand::List { nats, filter, json } => block_on(dlq::list(nats, filter, json)),
             DlqCommand::Redrive { nats, args } => block_on(redrive::redrive(nats, args)),
