@@ -12,8 +12,9 @@ run: the `service` and `handler` variable queries, then every panel's every quer
 variables substituted (`$service` and `$handler` as "All", `.*`, then as each --pick value;
 `$__rate_interval`, `$__interval` and `$__range` from the time range and scrape interval), as
 a range query over the run (an instant query for instant targets), and fails naming each
-panel by title with its query when one returns no series or no finite value. It also checks
-that every metric the dashboard uses has series in Prometheus (see ABSENT_IN_DEMO).
+panel by title with its query when one returns no series or no finite value, or, for a
+picked value, a series of another service, handler or instance. It also checks that every
+metric the dashboard uses has series in Prometheus (see ABSENT_IN_DEMO).
 """
 import argparse
 import json
@@ -75,7 +76,8 @@ def read_runtime_names(path=NAMES_RS):
     with open(path) as f:
         text = f.read()
     names = set(re.findall(r'pub const \w+: &str = "(eda_\w+)";', text))
-    labels = set(re.findall(r'pub const \w+: &str = "(\w+)";', text.split("pub mod label", 1)[1].split("}", 1)[0]))
+    module = re.search(r"pub mod label \{(.*?)\}", text, re.S)
+    labels = set(re.findall(r'pub const \w+: &str = "(\w+)";', module.group(1))) if module else set()
     return names, labels
 
 
@@ -289,6 +291,12 @@ def live_problems(dashboard, prometheus, since, until, step, scrape, picks):
                 problems.append(f"variable `{name}` ({shown}): {error or 'no values'}: {query}")
             elif chosen[name] != ".*" and chosen[name] not in data:
                 problems.append(f"variable `{name}` ({shown}) offers {data}, not {chosen[name]!r}: {query}")
+        # The instances running the picked services: a panel may show no other.
+        data, error = prometheus_get(
+            prometheus, "/api/v1/series",
+            {"match[]": interpolate('eda_handlers_in_flight{service=~"$service"}', values), "start": since, "end": until},
+        )
+        instances = {(s.get("job"), s.get("instance")) for s in data or []}
         for panel, target in targets(dashboard):
             expr = interpolate(target["expr"], values)
             if target.get("instant") and not target.get("range"):
@@ -301,6 +309,13 @@ def live_problems(dashboard, prometheus, since, until, step, scrape, picks):
                 samples = [v for s in (data or {}).get("result", []) for _, v in s["values"]]
             checked += 1
             why = error or ("no series" if not samples else None if any(map(finite, samples)) else "only NaN")
+            for series in (data or {}).get("result", []) if not why else []:
+                labels = series["metric"]
+                for key, picked in chosen.items():
+                    if key in labels and not re.fullmatch(picked, labels[key]):
+                        why = f"shows {key}={labels[key]!r}, not only the picked {picked!r}"
+                if "instance" in labels and (labels.get("job"), labels["instance"]) not in instances:
+                    why = f"shows instance {labels['instance']!r}, which runs no picked service"
             if why:
                 problems.append(f"panel {panel['title']!r} ({target['refId']}, {shown}): {why}: {expr}")
     names = sorted({w for _, t in targets(dashboard) for w, _ in metric_refs(t["expr"], read_metrics_doc())})
