@@ -9,7 +9,7 @@ uses is defined, and that every metric of docs/metrics.md has a panel.
 
 With --prometheus (scripts/demo --check passes the demo's) it also runs what Grafana would
 run: the `service` and `handler` variable queries, then every panel's every query with the
-variables substituted (`$service` and `$handler` as "All", `.*`, then as each --pick value;
+variables substituted (`$service` and `$handler` as "All", `.*`, then as the --pick values;
 `$__rate_interval`, `$__interval` and `$__range` from the time range and scrape interval), as
 a range query over the run (an instant query for instant targets), and fails naming each
 panel by title with its query when one returns no series or no finite value, or, for a
@@ -262,7 +262,7 @@ def duration(seconds):
     return f"{max(1, int(round(seconds)))}s"
 
 
-def live_problems(dashboard, prometheus, since, until, step, scrape, picks):
+def live_problems(dashboard, metrics, prometheus, since, until, step, scrape, picks):
     problems = []
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     rng = until - since
@@ -318,7 +318,7 @@ def live_problems(dashboard, prometheus, since, until, step, scrape, picks):
                     why = f"shows instance {labels['instance']!r}, which runs no picked service"
             if why:
                 problems.append(f"panel {panel['title']!r} ({target['refId']}, {shown}): {why}: {expr}")
-    names = sorted({w for _, t in targets(dashboard) for w, _ in metric_refs(t["expr"], read_metrics_doc())})
+    names = sorted({w for _, t in targets(dashboard) for w, _ in metric_refs(t["expr"], metrics)})
     for name in names:
         data, error = prometheus_get(prometheus, "/api/v1/series", {"match[]": name, "start": since, "end": until})
         if (error or not data) and name not in ABSENT_IN_DEMO:
@@ -360,7 +360,7 @@ def main():
     until = time.time()
     since = args.since if args.since else until - 3600
     problems, checked, passes = live_problems(
-        dashboard, args.prometheus, since, until, args.step, args.scrape_interval, picks
+        dashboard, metrics, args.prometheus, since, until, args.step, args.scrape_interval, picks
     )
     if problems:
         print(f"\n{rel}: panels without data in Prometheus:", file=sys.stderr)
