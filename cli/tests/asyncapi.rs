@@ -28,8 +28,10 @@ const SHOP: [&str; 4] = [
     "shop_analytics",
 ];
 
+/// The workspace root.
 fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cli.parent().unwrap_or(cli).to_path_buf()
 }
 
 /// The four shop example binaries, built once.
