@@ -72,7 +72,8 @@ pub(crate) struct Scope<'a> {
 pub(crate) enum Escape {
     /// As they are (header values, body strings).
     None,
-    /// Percent-encoded, for a URL (its template's own text is left as written).
+    /// Percent-encoded, for a URL: the values of `event.*` and `meta.*` (the template's own
+    /// text and `env.*` values, such as a base URL, go in as written).
     Url,
 }
 
@@ -127,9 +128,12 @@ impl Template {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    match escape {
-                        Escape::None => out.push_str(&text),
-                        Escape::Url => percent_encode(&text, &mut out),
+                    // Configuration (a base URL) goes in as written; data is encoded.
+                    match (escape, &var.source) {
+                        (Escape::Url, Source::Event(_) | Source::Meta(_)) => {
+                            percent_encode(&text, &mut out)
+                        }
+                        _ => out.push_str(&text),
                     }
                 }
             }
@@ -306,7 +310,11 @@ mod tests {
     use super::*;
 
     fn env(name: &str) -> Option<String> {
-        (name == "TOKEN").then(|| "s3cret".to_owned())
+        match name {
+            "TOKEN" => Some("s3cret".to_owned()),
+            "BASE" => Some("http://h:1".to_owned()),
+            _ => None,
+        }
     }
 
     fn render(template: &str, event: &Value, escape: Escape) -> Result<String, String> {
@@ -343,6 +351,15 @@ mod tests {
             )
             .unwrap(),
             "x y|user.created|2|3|users"
+        );
+        assert_eq!(
+            render(
+                "${env.BASE}/users/${event.items[0].sku}",
+                &event,
+                Escape::Url
+            )
+            .unwrap(),
+            "http://h:1/users/x%20y"
         );
         assert_eq!(
             render("Bearer ${env.TOKEN} $${literal}", &event, Escape::None).unwrap(),
