@@ -40,7 +40,7 @@
 //!
 //! See the README for the delivery guarantees and the list of compile-time checks.
 
-pub use edamacros::{event, handler, Event};
+pub use edamacros::{event, handler, AggregateEvents, Event};
 pub use edaruntime::*;
 
 /// The names most services need: `use eda::prelude::*;`.

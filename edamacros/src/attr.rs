@@ -5,7 +5,7 @@ use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Path, Token};
+use syn::{Attribute, Expr, ExprLit, Ident, Lit, LitBool, LitStr, Path, Token};
 
 use crate::ctxt::Ctxt;
 use crate::names;
@@ -93,6 +93,34 @@ impl Args {
         }
         Ok(args)
     }
+}
+
+/// Reads a derive's `#[<name>(...)]` helper attribute (given once at most; a bare
+/// `#[<name>]` has no options).
+pub(crate) fn helper_args(
+    attrs: &[Attribute],
+    name: &str,
+    known: &[&str],
+    literal_hint: &str,
+    cx: &mut Ctxt,
+) -> syn::Result<Args> {
+    let mut found: Option<Args> = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident(name)) {
+        if found.is_some() {
+            cx.error_spanned_by(
+                attr,
+                format!("`#[{name}(...)]` is given twice; merge the options into one"),
+            );
+            continue;
+        }
+        found = Some(match &attr.meta {
+            syn::Meta::Path(_) => Args::empty(),
+            _ => attr.parse_args_with(|input: ParseStream<'_>| {
+                Args::parse_checked(input, known, literal_hint, cx)
+            })?,
+        });
+    }
+    Ok(found.unwrap_or_else(Args::empty))
 }
 
 /// Reads a value as a string literal.

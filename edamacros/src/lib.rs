@@ -1,7 +1,9 @@
-//! Procedural macros of [eda](https://docs.rs/eda): `#[event]`, `#[derive(Event)]` and
-//! `#[handler]`. Use them through the `eda` crate, which re-exports them; the generated code
-//! names the runtime as `::eda` (override with `crate = "path"`).
+//! Procedural macros of [eda](https://docs.rs/eda): `#[event]`, `#[derive(Event)]`,
+//! `#[handler]` and `#[derive(AggregateEvents)]`. Use them through the `eda` crate, which
+//! re-exports them; the generated code names the runtime as `::eda` (override with
+//! `crate = "path"`).
 
+mod aggregate_events;
 mod attr;
 mod ctxt;
 mod event;
@@ -29,4 +31,12 @@ pub fn derive_event(item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::attribute(args.into(), item.into()).into()
+}
+
+/// Implements `eda::AggregateEvents` for an enum whose variants each hold one event
+/// (`Opened(AccountOpened)`), and `From` each event into the enum; options go in an
+/// `#[aggregate_events(crate = "path")]` helper attribute. See `eda::Aggregate`.
+#[proc_macro_derive(AggregateEvents, attributes(aggregate_events))]
+pub fn derive_aggregate_events(item: TokenStream) -> TokenStream {
+    aggregate_events::derive(item.into()).into()
 }

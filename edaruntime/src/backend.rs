@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::event::RawEvent;
 use crate::idempotency::IdempotencyStore;
 use crate::lifecycle::Signals;
-use crate::port::Transport;
+use crate::port::{EventLog, Transport};
 use crate::transport::jetstream::JetStream;
 use crate::transport::memory::MemoryBroker;
 
@@ -37,6 +37,8 @@ pub(crate) struct Opened {
     pub(crate) backend: Backend,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) store: Arc<dyn IdempotencyStore>,
+    /// Where aggregates' events and snapshots are stored (event sourcing).
+    pub(crate) log: Arc<dyn EventLog>,
 }
 
 /// How often consumer backlogs are read from the broker for the gauges.
@@ -49,6 +51,7 @@ impl Backend {
             BackendChoice::Memory(broker) => Ok(Opened {
                 transport: broker.transport(),
                 store: broker.store(),
+                log: broker.event_log(),
                 backend: Backend::Memory(broker.clone()),
             }),
             BackendChoice::Nats(settings) => {
@@ -57,6 +60,7 @@ impl Backend {
                 Ok(Opened {
                     store: js.store().await?,
                     transport: js.transport(),
+                    log: js.event_log(),
                     backend: Backend::Nats(js),
                 })
             }

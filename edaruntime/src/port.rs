@@ -114,3 +114,79 @@ pub(crate) trait Source: Send {
     /// Shutdown started: give back what was received but not started.
     fn release(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
+
+/// One message of an aggregate's history as the broker stored it (event sourcing).
+#[derive(Debug, Clone)]
+pub(crate) struct LogRecord {
+    /// Its sequence in the aggregate type's stream.
+    pub(crate) sequence: u64,
+    /// When the broker stored it.
+    pub(crate) time: std::time::SystemTime,
+    /// Its headers, as written (eda's, with `Eda-Event`).
+    pub(crate) headers: Vec<(String, String)>,
+    /// The event's JSON.
+    pub(crate) payload: Bytes,
+}
+
+/// Where one aggregate's history lives.
+#[derive(Debug, Clone)]
+pub(crate) struct LogAddress {
+    /// The aggregate type's stream (`EDA_AGG_ACCOUNT`).
+    pub(crate) stream: String,
+    /// What the stream holds (`agg.account.*`).
+    pub(crate) stream_subjects: String,
+    /// The aggregate's subject (`agg.account.a-1`).
+    pub(crate) subject: String,
+}
+
+/// The messages of one aggregate after a position, and its last position.
+#[derive(Debug, Default)]
+pub(crate) struct LogRead {
+    /// The messages after the position asked for, oldest first.
+    pub(crate) records: Vec<LogRecord>,
+    /// The sequence of the subject's last message (0: none).
+    pub(crate) last: u64,
+}
+
+/// Why the log did not do what was asked.
+#[derive(Debug)]
+pub(crate) enum LogError {
+    /// The subject's last sequence is not the one expected (`actual`, when the broker said).
+    Conflict { actual: Option<u64> },
+    /// The broker failed or refused; the message says what was attempted.
+    Failed { message: String, source: BoxError },
+}
+
+/// Where aggregates' histories and snapshots are stored: a stream per aggregate type with a
+/// subject per aggregate, and a key-value bucket of snapshots. The event store's logic
+/// (`crate::aggregate`) talks to this only; transports carry the bytes.
+pub(crate) trait EventLog: Send + Sync + fmt::Debug + 'static {
+    /// Stores one message on `at.subject` if the subject's last sequence is `expected` (0: it
+    /// has none), creating the stream on first use; returns the message's sequence.
+    fn append<'a>(
+        &'a self,
+        at: &'a LogAddress,
+        expected: u64,
+        headers: Vec<(&'static str, String)>,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<u64, LogError>>;
+
+    /// The messages on `at.subject` after sequence `after`, oldest first, up to the last one;
+    /// `last` is that last sequence when the caller knows it (from a conflict), else `None`.
+    fn read<'a>(
+        &'a self,
+        at: &'a LogAddress,
+        after: u64,
+        last: Option<u64>,
+    ) -> BoxFuture<'a, Result<LogRead, LogError>>;
+
+    /// The snapshot stored under `key`, if any.
+    fn snapshot<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, LogError>>;
+
+    /// Stores the snapshot `value` under `key`, replacing the previous one.
+    fn put_snapshot<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<(), LogError>>;
+}

@@ -13,6 +13,31 @@ pub use crate::registry::EventDescriptor;
 
 pub use crate::event::Event;
 
+pub use crate::aggregate::{AggregateEvents, EncodedEvent};
+
+/// `event` encoded for an aggregate's stream (`#[derive(AggregateEvents)]`).
+pub fn encode_event<E: Event>(event: &E) -> Result<EncodedEvent, serde_json::Error> {
+    EncodedEvent::of(event)
+}
+
+/// The error of [`encode_event`], named for generated signatures.
+pub type EncodeError = serde_json::Error;
+
+/// Decodes a stored event of `E` (upcasting older versions).
+pub fn decode_event<E: Event>(version: u32, payload: &[u8]) -> Result<E, DecodeError> {
+    E::decode_version(version, payload)
+}
+
+/// Compile-time check that a variant of `#[derive(AggregateEvents)]` holds an event.
+pub const fn assert_event<E: Event>() {}
+
+/// Compile-time check that an aggregate's events have distinct names.
+pub const fn assert_distinct_events<A: Event, B: Event>(same: &str) {
+    if str_eq(A::NAME, B::NAME) {
+        panic!("{}", same)
+    }
+}
+
 use crate::event::DecodeError;
 use crate::handler::{FromContext, HandlerReturn, Requirement};
 

@@ -4,10 +4,16 @@
 /// Event id (UUID v7); the broker drops a repeat inside its duplicate window. Always sent.
 pub const MSG_ID: &str = "Nats-Msg-Id";
 /// Event name. Never sent by eda on event subjects (the subject names the event); when
-/// present (older eda versions, other publishers) it must agree with the subject.
+/// present (older eda versions, other publishers) it must agree with the subject. Always sent
+/// on an aggregate's stream, whose subject names the aggregate.
 pub const EVENT: &str = "Eda-Event";
 /// Event schema version; sent when it is not 1.
 pub const VERSION: &str = "Eda-Version";
+/// On an aggregate's stream: `<index>/<count>`, the place of an event among the events of one
+/// append of several (1-based); absent for an append of one event. The events of such an
+/// append count only once all of them are stored one after the other (see
+/// [`EventStore::append`](crate::aggregate::EventStore::append)).
+pub const BATCH: &str = "Eda-Batch";
 /// Event time, RFC 3339; sent only when it was set explicitly (a republish keeping the
 /// original time, a dead letter). Absent: the time the broker stored the message.
 pub const TIME: &str = "Eda-Time";

@@ -2,9 +2,9 @@
 
 use proc_macro2::TokenStream;
 use syn::parse::{Parse, ParseStream, Parser};
-use syn::{Attribute, DeriveInput};
+use syn::DeriveInput;
 
-use crate::attr::Args;
+use crate::attr::{self, Args};
 use crate::ctxt::Ctxt;
 
 /// Keys `#[event]` accepts.
@@ -42,30 +42,5 @@ pub(crate) fn parse_attribute_args(tokens: TokenStream, cx: &mut Ctxt) -> syn::R
 
 /// Reads the `#[event(...)]` helper attributes of a `#[derive(Event)]` item.
 pub(crate) fn parse_helper_args(input: &EventInput, cx: &mut Ctxt) -> syn::Result<Args> {
-    let mut found: Option<Args> = None;
-    for attr in input
-        .item
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("event"))
-    {
-        if found.is_some() {
-            cx.error_spanned_by(
-                attr,
-                "`#[event(...)]` is given twice; merge the options into one",
-            );
-            continue;
-        }
-        found = Some(helper_args(attr, cx)?);
-    }
-    Ok(found.unwrap_or_else(Args::empty))
-}
-
-fn helper_args(attr: &Attribute, cx: &mut Ctxt) -> syn::Result<Args> {
-    match &attr.meta {
-        syn::Meta::Path(_) => Ok(Args::empty()),
-        _ => attr.parse_args_with(|input: ParseStream<'_>| {
-            Args::parse_checked(input, KEYS, LITERAL_HINT, cx)
-        }),
-    }
+    attr::helper_args(&input.item.attrs, "event", KEYS, LITERAL_HINT, cx)
 }

@@ -277,3 +277,24 @@ impl fmt::Debug for TestContext {
             .finish()
     }
 }
+
+/// Fault injection for event-sourcing tests: stores `bytes` as the snapshot of aggregate `id`
+/// of type `kind` (e.g. garbage, to see it ignored), on whichever transport `store` uses.
+pub async fn write_snapshot(
+    store: &crate::EventStore,
+    kind: &str,
+    id: &str,
+    bytes: impl Into<bytes::Bytes>,
+) -> std::result::Result<(), crate::EventStoreError> {
+    store.put_raw_snapshot(kind, id, bytes.into()).await
+}
+
+/// The snapshot of aggregate `id` of type `kind` as stored (JSON: `snapshot_version`,
+/// `sequence`, `state`), if there is one.
+pub async fn read_snapshot(
+    store: &crate::EventStore,
+    kind: &str,
+    id: &str,
+) -> std::result::Result<Option<bytes::Bytes>, crate::EventStoreError> {
+    store.raw_snapshot(kind, id).await
+}

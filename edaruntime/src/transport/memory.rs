@@ -20,7 +20,9 @@ use crate::event::{Metadata, RawEvent};
 use crate::handler::Start;
 use crate::idempotency::MemoryStore;
 use crate::lifecycle::{Outstanding, Signals};
-use crate::port::{Acknowledge, Delivery, Outbound, OutboundStream, Source, Transport};
+use crate::port::{Acknowledge, Delivery, EventLog, Outbound, OutboundStream, Source, Transport};
+
+mod log;
 
 /// Messages `publish_all` hands to the consumers' queues at once: few enough that handling
 /// starts while the rest are still being encoded.
@@ -65,6 +67,8 @@ struct BrokerInner {
     failing_dead_letters: AtomicU32,
     /// After how long a message whose ack was lost comes back (JetStream's ack wait).
     ack_wait: Mutex<Duration>,
+    /// Aggregates' events and snapshots (event sourcing).
+    log: Arc<log::MemoryLog>,
 }
 
 impl Default for BrokerInner {
@@ -81,6 +85,7 @@ impl Default for BrokerInner {
             lost_acks: AtomicU32::new(0),
             failing_dead_letters: AtomicU32::new(0),
             ack_wait: Mutex::new(DEFAULT_ACK_WAIT),
+            log: Arc::default(),
         }
     }
 }
@@ -161,6 +166,11 @@ impl MemoryBroker {
 
     pub(crate) fn store(&self) -> Arc<MemoryStore> {
         Arc::clone(&self.inner.store)
+    }
+
+    /// The aggregates' event log (event sourcing), shared by every app on this broker.
+    pub(crate) fn event_log(&self) -> Arc<dyn EventLog> {
+        self.inner.log.clone()
     }
 
     /// The durable consumer `durable`, created on first use.

@@ -4,6 +4,7 @@
 //! [`crate::delivery`]; this module only carries bytes, acks and naks.
 
 mod ack;
+mod aggregate;
 mod connect;
 pub use connect::connect_client;
 mod consume;

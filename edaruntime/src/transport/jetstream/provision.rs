@@ -52,7 +52,7 @@ impl JetStream {
         self.register_schemas(&schemas).await
     }
 
-    async fn ensure_stream(
+    pub(super) async fn ensure_stream(
         &self,
         name: &str,
         subject: &str,
@@ -370,7 +370,7 @@ impl JetStream {
 
 /// The retention eda gives a stream, and why (for the message when a stream has another).
 #[derive(Debug, Clone, Copy)]
-struct Retention {
+pub(super) struct Retention {
     policy: stream::RetentionPolicy,
     why: &'static str,
 }
@@ -380,6 +380,11 @@ impl Retention {
     const EVENTS: Retention = Retention {
         policy: stream::RetentionPolicy::Limits,
         why: "`limits` (every service reads every event)",
+    };
+    /// An aggregate type's events (event sourcing): kept for ever, read by subject.
+    pub(super) const AGGREGATES: Retention = Retention {
+        policy: stream::RetentionPolicy::Limits,
+        why: "`limits` (an aggregate's events are its state)",
     };
     /// Redriven dead letters: one consumer per subject, a message gone once handled.
     const REDRIVE: Retention = Retention {

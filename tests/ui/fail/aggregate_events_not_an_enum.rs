@@ -1,0 +1,8 @@
+use eda::AggregateEvents;
+
+#[derive(AggregateEvents)]
+pub struct AccountEvent {
+    pub cents: u64,
+}
+
+fn main() {}

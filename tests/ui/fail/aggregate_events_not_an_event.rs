@@ -1,0 +1,12 @@
+use eda::AggregateEvents;
+
+pub struct NotAnEvent {
+    pub cents: u64,
+}
+
+#[derive(AggregateEvents)]
+pub enum AccountEvent {
+    Deposited(NotAnEvent),
+}
+
+fn main() {}
