@@ -654,3 +654,59 @@ fn the_shop_examples_actions_file_loads() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(actions.trigger_names(), ["crm_paid", "payment_alert"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_that_is_not_json_and_clashing_names_are_refused() {
+    let toml = "[[trigger]]\nname = \"relay\"\nevent = \"act.raw.bytes\"\n[[trigger.action]]\ntype = \"web_service\"\nurl = \"http://127.0.0.1:9/x\"\n";
+    let app = App::builder("raw-actions")
+        .without_env()
+        .in_memory()
+        .handlers(&[])
+        .actions(actions_file(toml))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    app.publisher()
+        .publish_raw("act.raw.bytes", 1, "not json")
+        .await
+        .unwrap();
+    app.settle().await;
+    let letters = app.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, eda::DlqReason::Permanent);
+    assert!(
+        letters[0]
+            .error
+            .contains("trigger `relay`: the payload of `act.raw.bytes` is not JSON"),
+        "{}",
+        letters[0].error
+    );
+    app.shutdown().await.unwrap();
+
+    // A trigger named like a handler of the service, and one named in two files.
+    let clash = toml.replace("relay", "on_synced");
+    let error = App::builder("actions-test")
+        .without_env()
+        .in_memory()
+        .actions(actions_file(&clash))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("trigger `on_synced` has the name of a handler of this service"),
+        "{error}"
+    );
+    let twice = App::builder("raw-actions")
+        .without_env()
+        .in_memory()
+        .handlers(&[])
+        .actions(actions_file(toml))
+        .actions(actions_file(toml))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        twice.contains("two actions files name a trigger `relay`"),
+        "{twice}"
+    );
+}
