@@ -243,21 +243,39 @@ async fn concurrent_appenders_exactly_one_wins_each_version_and_execute_retries_
     app.shutdown().await.expect("shutdown");
 }
 
+/// 1,000 deposit tasks on one account, `IN_FLIGHT` of them executing at any moment (every
+/// one of those on the same version, so most appends conflict and are retried): the balance
+/// is exact. More at once only makes each retry read longer tails (a thousand writers of one
+/// aggregate read a million events between them), not the check stronger.
 async fn a_thousand_concurrent_deposits_lose_no_update(rig: Rig) {
     const DEPOSITS: u64 = 1000;
+    const IN_FLIGHT: usize = 64;
     let (app, store) = start(&rig).await;
     let store = store.max_attempts(10_000);
     let opened_at = store
         .append::<Account>("busy", 0, &[opened()])
         .await
         .expect("open");
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let conflicts = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..DEPOSITS {
-        let store = store.clone();
+        let (store, in_flight, conflicts) = (
+            store.clone(),
+            Arc::clone(&in_flight),
+            Arc::clone(&conflicts),
+        );
         tasks.push(tokio::spawn(async move {
-            store
-                .execute::<Account, std::convert::Infallible>("busy", |_| Ok(vec![deposit(3)]))
-                .await
+            let _permit = in_flight.acquire().await.expect("semaphore open");
+            let mut decisions = 0;
+            let result = store
+                .execute::<Account, std::convert::Infallible>("busy", |_| {
+                    decisions += 1;
+                    Ok(vec![deposit(3)])
+                })
+                .await;
+            conflicts.fetch_add(decisions - 1, std::sync::atomic::Ordering::Relaxed);
+            result
         }));
     }
     for task in tasks {
@@ -265,6 +283,10 @@ async fn a_thousand_concurrent_deposits_lose_no_update(rig: Rig) {
             .expect("depositor task")
             .expect("every deposit is appended");
     }
+    assert!(
+        conflicts.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the depositors met conflicts and retried"
+    );
     let (account, version) = store.load::<Account>("busy").await.expect("load");
     assert_eq!(account.balance, 3 * DEPOSITS, "no deposit lost");
     assert_eq!(account.deposits, DEPOSITS);
@@ -625,4 +647,72 @@ async fn on_nats_events_are_stored_per_aggregate_with_eda_headers() {
         .expect("read the snapshot")
         .is_some());
     app.shutdown().await.expect("shutdown");
+}
+
+/// The service's generated permissions (with `.aggregate::<Account>()`) are all the event
+/// store needs: a server enforcing exactly that block lets it append, read a long history
+/// (through a reading consumer) and write and read snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_the_event_store_works_with_exactly_the_generated_permissions() {
+    let block = eda::App::builder("bank")
+        .handlers(&[])
+        .aggregate::<Account>()
+        .build()
+        .expect("builds")
+        .permissions();
+    assert!(
+        block.publish.contains(&"agg.account.*".to_owned()),
+        "{block}"
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "eda-es-permissions-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let config = dir.join("server.conf");
+    std::fs::write(
+        &config,
+        format!("authorization: {{\n  users: [\n    {{ user: bank, password: bank\n{block}\n    }}\n  ]\n}}\n"),
+    )
+    .expect("write the server configuration");
+    let server = eda::testing::NatsServer::start_with_args(&["-c", &config.to_string_lossy()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::builder("bank")
+        .nats(server.url())
+        .handlers(&[])
+        .configure(|b| b.nats_user_password("bank", "bank").aggregate::<Account>())
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("the service starts with its permissions: {e}"));
+    let store = app.app().event_store().snapshot_every(40);
+    store
+        .append::<Account>("p-1", 0, &[opened()])
+        .await
+        .expect("append with the generated permissions");
+    for _ in 0..50 {
+        store
+            .execute::<Account, std::convert::Infallible>("p-1", |_| Ok(vec![deposit(2)]))
+            .await
+            .expect("execute with the generated permissions");
+    }
+    let (replayed, version) = store
+        .replay::<Account>("p-1")
+        .await
+        .expect("a long history is read with the generated permissions");
+    assert_eq!((replayed.balance, replayed.deposits), (100, 50));
+    let snapshot = eda::testing::read_snapshot(&store, "account", "p-1")
+        .await
+        .expect("read the snapshot with the generated permissions");
+    assert!(snapshot.is_some(), "a snapshot was written after 40 events");
+    assert_eq!(
+        store.load::<Account>("p-1").await.expect("load"),
+        (replayed, version)
+    );
+    app.shutdown().await.expect("shutdown");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

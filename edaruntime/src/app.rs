@@ -52,6 +52,8 @@ pub struct App {
     breakers: Vec<(String, BreakerConfig)>,
     tripped: Vec<String>,
     emits: Vec<&'static str>,
+    /// Aggregate types declared with [`AppBuilder::aggregate`] (for permissions).
+    aggregates: Vec<&'static str>,
     /// `EDA_CATALOG=json`: print [`App::describe`] and exit instead of starting.
     print_catalog: bool,
 }
@@ -92,6 +94,7 @@ impl App {
             breakers: Vec::new(),
             tripped: Vec::new(),
             emits: Vec::new(),
+            aggregates: Vec::new(),
             actions: Vec::new(),
         }
     }
@@ -166,6 +169,7 @@ impl App {
             &topology,
             Some(&only),
             &self.emits,
+            &self.aggregates,
         )
     }
 
@@ -335,6 +339,7 @@ pub struct AppBuilder {
     breakers: Vec<(String, BreakerConfig)>,
     tripped: Vec<String>,
     emits: Vec<&'static str>,
+    aggregates: Vec<&'static str>,
     actions: Vec<std::path::PathBuf>,
 }
 
@@ -528,6 +533,17 @@ impl AppBuilder {
         self
     }
 
+    /// Declares that this service stores aggregates of type `A` through
+    /// [`RunningApp::event_store`], for [`App::permissions`] (their stream, subjects and
+    /// snapshot keys). The store works without it; a server that enforces the generated
+    /// permissions needs it.
+    pub fn aggregate<A: crate::aggregate::Aggregate>(mut self) -> Self {
+        if !self.aggregates.contains(&A::TYPE) {
+            self.aggregates.push(A::TYPE);
+        }
+        self
+    }
+
     /// Runs the triggers of an actions file (TOML) as handlers of this service: each calls
     /// HTTP services for its events, with the retries, dead letters, breakers and metrics of
     /// any handler (see [`crate::actions`]). Every problem of the file is reported by
@@ -617,6 +633,7 @@ impl AppBuilder {
             breakers: self.breakers,
             tripped: self.tripped,
             emits: self.emits,
+            aggregates: self.aggregates,
             print_catalog,
         })
     }

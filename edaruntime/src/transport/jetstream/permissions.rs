@@ -42,7 +42,7 @@ pub struct Permissions {
 /// println!("{block}");
 /// ```
 pub fn permissions(catalog: &Catalog, service: &str) -> Permissions {
-    permissions_for(catalog, service, &Topology::default(), None, &[])
+    permissions_for(catalog, service, &Topology::default(), None, &[], &[])
 }
 
 /// The handlers of `catalog` that `service` runs (all of them, or those `only` names).
@@ -57,14 +57,15 @@ fn handlers_of<'c>(
     })
 }
 
-/// What [`permissions`] computes, for a topology, a selection of handlers and the events a
-/// service publishes outside its handlers.
+/// What [`permissions`] computes, for a topology, a selection of handlers, the events a
+/// service publishes outside its handlers and the aggregate types it stores (event sourcing).
 pub(crate) fn permissions_for(
     catalog: &Catalog,
     service: &str,
     topology: &Topology,
     only: Option<&[&'static str]>,
     emitted_outside_handlers: &[&'static str],
+    aggregates: &[&'static str],
 ) -> Permissions {
     let t = topology;
     let api = "$JS.API";
@@ -126,6 +127,7 @@ pub(crate) fn permissions_for(
             None => undeclared.push(handler.name.clone()),
         }
     }
+    publish.extend(aggregate_permissions(topology, aggregates));
     emitted.sort_unstable();
     emitted.dedup();
     for event in emitted {
@@ -137,6 +139,38 @@ pub(crate) fn permissions_for(
         subscribe: vec!["_INBOX.>".to_owned()],
         undeclared,
     }
+}
+
+/// What storing aggregates of these types takes: each type's stream (created on first use),
+/// appends to its subjects, reads by subject (message get, and a short-lived consumer for long
+/// histories), and the type's keys in the snapshot bucket.
+fn aggregate_permissions(t: &Topology, aggregates: &[&'static str]) -> Vec<String> {
+    let api = "$JS.API";
+    let mut publish = Vec::new();
+    if aggregates.is_empty() {
+        return publish;
+    }
+    let snapshots = &t.snapshots_bucket;
+    publish.push(format!("{api}.STREAM.INFO.KV_{snapshots}"));
+    publish.push(format!("{api}.STREAM.CREATE.KV_{snapshots}"));
+    publish.push(format!("{api}.STREAM.MSG.GET.KV_{snapshots}"));
+    for kind in aggregates {
+        let stream = format!("{}{}", t.aggregate_stream_prefix, kind.to_ascii_uppercase());
+        for subject in [
+            format!("{api}.STREAM.INFO.{stream}"),
+            format!("{api}.STREAM.CREATE.{stream}"),
+            format!("{api}.STREAM.MSG.GET.{stream}"),
+            format!("{api}.CONSUMER.CREATE.{stream}.>"),
+            format!("{api}.CONSUMER.MSG.NEXT.{stream}.*"),
+            format!("{api}.CONSUMER.DELETE.{stream}.*"),
+            format!("{}.{kind}.*", t.aggregate_subject_prefix),
+            format!("$KV.{snapshots}.{kind}.*"),
+            format!("{api}.DIRECT.GET.KV_{snapshots}.$KV.{snapshots}.{kind}.*"),
+        ] {
+            push_unique(&mut publish, subject);
+        }
+    }
+    publish
 }
 
 fn push_unique(subjects: &mut Vec<String>, subject: String) {
@@ -248,5 +282,32 @@ mod tests {
             text.contains("permissions: {\n  publish: {\n    allow: [\n"),
             "{text}"
         );
+        assert!(!text.contains("AGG"), "no aggregates declared: {text}");
+    }
+
+    #[test]
+    fn a_service_storing_aggregates_gets_their_streams_subjects_and_snapshots() {
+        let catalog = Catalog {
+            events: Vec::new(),
+            handlers: Vec::new(),
+        };
+        let p = permissions_for(
+            &catalog,
+            "bank",
+            &Topology::default(),
+            None,
+            &[],
+            &["account"],
+        );
+        for subject in [
+            "$JS.API.STREAM.CREATE.EDA_AGG_ACCOUNT",
+            "$JS.API.STREAM.MSG.GET.EDA_AGG_ACCOUNT",
+            "$JS.API.CONSUMER.CREATE.EDA_AGG_ACCOUNT.>",
+            "agg.account.*",
+            "$KV.EDA_SNAPSHOTS.account.*",
+            "$JS.API.STREAM.INFO.KV_EDA_SNAPSHOTS",
+        ] {
+            assert!(p.publish.contains(&subject.to_owned()), "{subject} in {p}");
+        }
     }
 }
