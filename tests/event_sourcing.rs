@@ -590,7 +590,77 @@ async fn rejections_and_unusable_ids_store_nothing(rig: Rig) {
     app.shutdown().await.expect("shutdown");
 }
 
+// ---- from a handler -------------------------------------------------------------------------
+
+#[event("deposit.requested")]
+pub struct DepositRequested {
+    pub account: String,
+    pub cents: u64,
+}
+
+/// A command handler: the event store is a handler parameter like `Context`.
+#[handler(service = "bank-commands")]
+async fn deposit_on_request(
+    event: DepositRequested,
+    store: EventStore,
+) -> Result<(), HandlerError> {
+    store
+        .execute::<Account, _>(&event.account, |account| {
+            if !account.open {
+                return Err(HandlerError::permanent("the account is not open"));
+            }
+            Ok(vec![deposit(event.cents)])
+        })
+        .await
+        .map_err(|e| match e {
+            ExecuteError::Rejected(rejected) => rejected,
+            other => HandlerError::retry(other),
+        })?;
+    Ok(())
+}
+
+async fn handlers_take_the_event_store_as_a_parameter(rig: Rig) {
+    let app = rig
+        .app("bank-commands")
+        .handlers(&["deposit_on_request"])
+        .start()
+        .await
+        .expect("the test app starts");
+    let store = app.app().event_store();
+    store
+        .append::<Account>("h-acc", 0, &[opened()])
+        .await
+        .expect("open");
+    for cents in [5, 7, 11] {
+        app.publish(&DepositRequested {
+            account: "h-acc".into(),
+            cents,
+        })
+        .await
+        .expect("publish");
+    }
+    app.publish(&DepositRequested {
+        account: "never-opened".into(),
+        cents: 1,
+    })
+    .await
+    .expect("publish");
+    app.settle().await;
+    let (account, _) = store.load::<Account>("h-acc").await.expect("load");
+    assert_eq!(account.balance, 23, "each request deposited once");
+    assert_eq!(app.handled("deposit_on_request"), 3);
+    let dead = app.dead_letters().await.expect("dead letters");
+    assert_eq!(
+        dead.len(),
+        1,
+        "the request for an unopened account is rejected"
+    );
+    assert!(dead[0].error.contains("not open"), "{}", dead[0].error);
+    app.shutdown().await.expect("shutdown");
+}
+
 on_both_transports!(
+    handlers_take_the_event_store_as_a_parameter,
     concurrent_appenders_exactly_one_wins_each_version_and_execute_retries_the_rest,
     a_thousand_concurrent_deposits_lose_no_update,
     replay_equals_the_state_built_live,

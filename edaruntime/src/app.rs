@@ -213,6 +213,9 @@ impl App {
             log,
         } = Backend::open(&self.transport, &self.service).await?;
         let event_store = EventStore::new(log, &self.service, &self.topology());
+        // Handlers take it as a parameter (`store: EventStore`).
+        let mut states = self.states.clone();
+        states.insert(event_store.clone());
         let publisher = Publisher::new(Arc::from(self.service.as_str()), Arc::clone(&transport));
         let breakers = self.breakers();
         for descriptor in &self.handlers {
@@ -220,7 +223,7 @@ impl App {
                 handler: descriptor.name.to_owned(),
                 emits: descriptor.emits,
                 publisher: publisher.clone(),
-                states: self.states.clone(),
+                states: states.clone(),
             });
             let runtime = Arc::new(HandlerRuntime::new(
                 descriptor,

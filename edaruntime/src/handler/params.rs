@@ -5,13 +5,14 @@ use std::any::TypeId;
 use std::sync::Arc;
 
 use super::{Context, EventRef, HandlerError, Requirement, State};
+use crate::aggregate::EventStore;
 use crate::event::{DecodeError, Envelope, Event, RawEvent};
 
 /// A handler parameter after the event: [`Context`], [`State<T>`], or your own.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a handler parameter",
-    label = "not `Context` or `State<T>`",
-    note = "a handler takes exactly one event as its first parameter, then any of `Context` and `State<T>`"
+    label = "not `Context`, `State<T>` or `EventStore`",
+    note = "a handler takes exactly one event as its first parameter, then any of `Context`, `State<T>` and `EventStore`"
 )]
 pub trait FromContext: Sized {
     /// The state this parameter needs, checked at startup.
@@ -26,6 +27,19 @@ pub trait FromContext: Sized {
 impl FromContext for Context {
     fn from_context(context: &Context) -> Result<Self, HandlerError> {
         Ok(context.clone())
+    }
+}
+
+/// The app's event store: a handler takes `store: eda::EventStore` to load and change
+/// aggregates (see [`crate::aggregate`]).
+impl FromContext for EventStore {
+    fn from_context(context: &Context) -> Result<Self, HandlerError> {
+        match context.state::<EventStore>() {
+            Some(store) => Ok((*store).clone()),
+            None => Err(HandlerError::permanent(
+                "no event store here: a handler gets one when it runs in an app (`App::start`, `TestApp`), not when called with a `TestContext`",
+            )),
+        }
     }
 }
 
