@@ -786,3 +786,36 @@ async fn on_nats_the_event_store_works_with_exactly_the_generated_permissions() 
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stream deleted behind the app's back is an error for the append that meets it (never a
+/// panic or a hang), and is provisioned again on the next use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_a_deleted_aggregate_stream_is_provisioned_again() {
+    let rig = Rig::nats();
+    let Rig::Nats(server) = &rig else {
+        unreachable!("Rig::nats is on NATS")
+    };
+    let (app, store) = start(&rig).await;
+    store
+        .append::<Account>("gone", 0, &[opened()])
+        .await
+        .expect("append");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream("EDA_AGG_ACCOUNT")
+        .await
+        .expect("delete the stream");
+    let error = store
+        .append::<Account>("gone", 1, &[deposit(1)])
+        .await
+        .expect_err("the stream is gone");
+    assert_eq!(error.kind(), &EventStoreErrorKind::Broker, "{error}");
+    assert!(error.to_string().contains("agg.account.gone"), "{error}");
+    let version = store
+        .append::<Account>("gone", 0, &[opened()])
+        .await
+        .expect("the stream is created again on the next use");
+    assert_eq!(version, 1, "a new stream starts at sequence 1");
+    assert!(store.load::<Account>("gone").await.expect("load").0.open);
+    app.shutdown().await.expect("shutdown");
+}

@@ -223,7 +223,13 @@ impl EventLog for JetStreamLog {
                         actual: actual_last(&e),
                     })
                 }
-                Err(e) => Err(failed(what(), e)),
+                Err(e) => {
+                    if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
+                        // Deleted behind the app's back: provisioned again on the next use.
+                        self.streams.lock().await.remove(&at.stream);
+                    }
+                    Err(failed(what(), e))
+                }
             }
         })
     }
