@@ -659,7 +659,82 @@ async fn handlers_take_the_event_store_as_a_parameter(rig: Rig) {
     app.shutdown().await.expect("shutdown");
 }
 
+// ---- the forwarder ---------------------------------------------------------------------------
+
+/// What the audit service's handler saw: (event id, cents).
+#[derive(Default)]
+pub struct Audited(std::sync::Mutex<Vec<(String, u64)>>);
+
+#[handler(service = "es-audit")]
+async fn audit_deposit(event: Envelope<MoneyDeposited>, seen: State<Audited>) {
+    seen.0
+        .lock()
+        .expect("audit ledger")
+        .push((event.id().to_owned(), event.cents));
+}
+
+/// Polls `done` (bounded: a minute of the test's clock) until it holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not within a minute: {what}");
+}
+
+async fn appended_events_reach_other_services_handlers_once(rig: Rig) {
+    let audited = Arc::new(Audited::default());
+    let audit = rig
+        .app("es-audit")
+        .handlers(&["audit_deposit"])
+        .shared_state(Arc::clone(&audited))
+        .start()
+        .await
+        .expect("the audit service starts");
+    let bank = rig
+        .app("bank")
+        .handlers(&[])
+        .configure(|b| b.aggregate::<Account>())
+        .start()
+        .await
+        .expect("the bank starts");
+    let store = bank.app().event_store();
+    let v = store
+        .append::<Account>("fw", 0, &[opened(), deposit(1)])
+        .await
+        .expect("append");
+    let v = store
+        .append::<Account>("fw", v, &[deposit(2)])
+        .await
+        .expect("append");
+    store
+        .append::<Account>("fw", v, &[deposit(3), deposit(4)])
+        .await
+        .expect("append");
+    let ledger = || audited.0.lock().expect("audit ledger").clone();
+    eventually("four deposits audited", || ledger().len() >= 4).await;
+    audit.settle().await;
+    let mut cents: Vec<u64> = ledger().iter().map(|(_, c)| *c).collect();
+    cents.sort_unstable();
+    assert_eq!(
+        cents,
+        [1, 2, 3, 4],
+        "each appended deposit reaches the handler once"
+    );
+    let mut ids: Vec<String> = ledger().into_iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "each with its own id");
+    let published = audit.published::<MoneyDeposited>().await.expect("events");
+    assert_eq!(published.len(), 4, "published once each");
+    bank.shutdown().await.expect("shutdown");
+    audit.shutdown().await.expect("shutdown");
+}
+
 on_both_transports!(
+    appended_events_reach_other_services_handlers_once,
     handlers_take_the_event_store_as_a_parameter,
     concurrent_appenders_exactly_one_wins_each_version_and_execute_retries_the_rest,
     a_thousand_concurrent_deposits_lose_no_update,
@@ -746,7 +821,7 @@ async fn on_nats_the_event_store_works_with_exactly_the_generated_permissions() 
     let config = dir.join("server.conf");
     std::fs::write(
         &config,
-        format!("authorization: {{\n  users: [\n    {{ user: bank, password: bank\n{block}\n    }}\n  ]\n}}\n"),
+        format!("authorization: {{\n  users: [\n    {{ user: admin, password: admin }}\n    {{ user: bank, password: bank\n{block}\n    }}\n  ]\n}}\n"),
     )
     .expect("write the server configuration");
     let server = eda::testing::NatsServer::start_with_args(&["-c", &config.to_string_lossy()])
@@ -782,6 +857,28 @@ async fn on_nats_the_event_store_works_with_exactly_the_generated_permissions() 
         store.load::<Account>("p-1").await.expect("load"),
         (replayed, version)
     );
+    // The forwarder runs on the same permissions: every deposit reaches the event stream.
+    let admin = TestApp::builder("admin-tool")
+        .nats(server.url())
+        .handlers(&[])
+        .configure(|b| b.nats_user_password("admin", "admin"))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut forwarded = 0;
+    for _ in 0..1200 {
+        forwarded = admin
+            .published::<MoneyDeposited>()
+            .await
+            .expect("events")
+            .len();
+        if forwarded >= 50 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(forwarded, 50, "the forwarder published every deposit");
+    admin.shutdown().await.expect("shutdown");
     app.shutdown().await.expect("shutdown");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
@@ -818,4 +915,100 @@ async fn on_nats_a_deleted_aggregate_stream_is_provisioned_again() {
     assert_eq!(version, 1, "a new stream starts at sequence 1");
     assert!(store.load::<Account>("gone").await.expect("load").0.open);
     app.shutdown().await.expect("shutdown");
+}
+
+/// An app that appended and stopped before anything forwarded its events (here: one that
+/// does not forward at all) loses nothing: the next forwarder starts where the last one
+/// stopped, and forwards each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_the_forwarder_resumes_where_it_stopped() {
+    let rig = Rig::nats();
+    let (writer, store) = start(&rig).await;
+    let mut v = store
+        .append::<Account>("resume", 0, &[opened()])
+        .await
+        .expect("open");
+    for cents in 1..=5 {
+        v = store
+            .append::<Account>("resume", v, &[deposit(cents)])
+            .await
+            .expect("deposit");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        writer
+            .published::<MoneyDeposited>()
+            .await
+            .expect("events")
+            .is_empty(),
+        "nothing forwards without a forwarder"
+    );
+    writer.shutdown().await.expect("shutdown");
+    let forwarding = || async {
+        rig.app("bank")
+            .handlers(&[])
+            .configure(|b| b.aggregate::<Account>())
+            .start()
+            .await
+            .expect("the forwarding app starts")
+    };
+    let first = forwarding().await;
+    for _ in 0..1200 {
+        if first
+            .published::<MoneyDeposited>()
+            .await
+            .expect("events")
+            .len()
+            >= 5
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        first
+            .published::<MoneyDeposited>()
+            .await
+            .expect("events")
+            .len(),
+        5
+    );
+    first.shutdown().await.expect("shutdown");
+    let second = forwarding().await;
+    second
+        .app()
+        .event_store()
+        .append::<Account>("resume", v, &[deposit(6)])
+        .await
+        .expect("deposit");
+    for _ in 0..1200 {
+        if second
+            .published::<MoneyDeposited>()
+            .await
+            .expect("events")
+            .len()
+            >= 6
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let cents: Vec<u64> = second
+        .published::<MoneyDeposited>()
+        .await
+        .expect("events")
+        .iter()
+        .map(|d| d.cents)
+        .collect();
+    assert_eq!(cents, [1, 2, 3, 4, 5, 6], "each forwarded once, in order");
+    assert_eq!(
+        second
+            .published::<AccountOpened>()
+            .await
+            .expect("events")
+            .len(),
+        1
+    );
+    second.shutdown().await.expect("shutdown");
 }

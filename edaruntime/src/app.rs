@@ -251,6 +251,13 @@ impl App {
         if let Some(work) = backend.background(&runtimes) {
             background.push(tokio::spawn(work).abort_handle());
         }
+        // Each declared aggregate type's appended events, forwarded to `events.<name>`.
+        for kind in &self.aggregates {
+            let at = event_store.stream_address(kind);
+            let work =
+                crate::aggregate::forward::run(event_store.log(), Arc::clone(&transport), at);
+            background.push(tokio::spawn(work).abort_handle());
+        }
         let actions = self
             .states
             .get::<crate::actions::Runner>()
@@ -537,12 +544,18 @@ impl AppBuilder {
     }
 
     /// Declares that this service stores aggregates of type `A` through
-    /// [`RunningApp::event_store`], for [`App::permissions`] (their stream, subjects and
-    /// snapshot keys). The store works without it; a server that enforces the generated
-    /// permissions needs it.
+    /// [`RunningApp::event_store`]: it forwards their appended events to `events.<name>`
+    /// for other services' handlers (the forwarder, an outbox on the broker: see
+    /// [`crate::aggregate`]), and [`App::permissions`] includes their stream, subjects,
+    /// snapshot keys and events. Loading and appending work without it.
     pub fn aggregate<A: crate::aggregate::Aggregate>(mut self) -> Self {
         if !self.aggregates.contains(&A::TYPE) {
             self.aggregates.push(A::TYPE);
+        }
+        for name in <A::Event as crate::aggregate::AggregateEvents>::NAMES {
+            if !self.emits.contains(name) {
+                self.emits.push(name);
+            }
         }
         self
     }

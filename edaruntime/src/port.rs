@@ -189,4 +189,30 @@ pub(crate) trait EventLog: Send + Sync + fmt::Debug + 'static {
         key: &'a str,
         value: Bytes,
     ) -> BoxFuture<'a, Result<(), LogError>>;
+
+    /// The durable follower `durable` of the whole stream `at.stream` (created if missing):
+    /// what the forwarder reads.
+    fn follow<'a>(
+        &'a self,
+        at: &'a LogAddress,
+        durable: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>>;
+}
+
+/// One message of an aggregate type's stream as a [`LogFollower`] hands it over.
+#[derive(Debug)]
+pub(crate) struct Followed {
+    /// The aggregate's subject.
+    pub(crate) subject: String,
+    /// The message.
+    pub(crate) record: LogRecord,
+}
+
+/// A durable reader of an aggregate type's whole stream (the forwarder): messages come in
+/// stream order, and one not acknowledged comes again (after a while, or after a restart).
+pub(crate) trait LogFollower: Send {
+    /// The next messages, waiting a little for some; empty when none came.
+    fn next(&mut self) -> BoxFuture<'_, Result<Vec<Followed>, LogError>>;
+    /// Done with message `sequence`: it is not delivered again.
+    fn ack(&mut self, sequence: u64) -> BoxFuture<'_, Result<(), LogError>>;
 }

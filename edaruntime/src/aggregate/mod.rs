@@ -2,7 +2,10 @@
 //! a subject of its own (`agg.<type>.<id>` in stream `EDA_AGG_<TYPE>` on NATS), appended with
 //! optimistic concurrency and replayed with each event's upcast chain; snapshots shorten the
 //! replay. [`EventStore`] holds the logic once; transports only store and read the bytes
-//! (`crate::port::EventLog`).
+//! (`crate::port::EventLog`). An app built with
+//! [`AppBuilder::aggregate`](crate::AppBuilder::aggregate) also forwards each appended event to
+//! `events.<name>` for other services' handlers (an outbox on the broker, resuming where it
+//! stopped; see the README's "Event sourcing").
 //!
 //! ```
 //! use eda::prelude::*;
@@ -58,6 +61,7 @@
 //! ```
 
 mod error;
+pub(crate) mod forward;
 mod replay;
 mod store;
 

@@ -182,7 +182,7 @@ fn decode<E: AggregateEvents>(
 }
 
 /// `k/n` with `1 <= k <= n`.
-fn parse_batch(value: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_batch(value: &str) -> Option<(u32, u32)> {
     let (index, count) = value.trim().split_once('/')?;
     let (index, count) = (index.parse::<u32>().ok()?, count.parse::<u32>().ok()?);
     (1..=count).contains(&index).then_some((index, count))

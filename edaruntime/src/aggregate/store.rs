@@ -197,6 +197,22 @@ impl EventStore {
         }
     }
 
+    /// The stream of aggregate type `kind` (its subject field empty): what the forwarder
+    /// follows.
+    pub(crate) fn stream_address(&self, kind: &str) -> LogAddress {
+        let prefix = &self.subject_prefix;
+        LogAddress {
+            stream: format!("{}{}", self.stream_prefix, kind.to_ascii_uppercase()),
+            stream_subjects: format!("{prefix}.{kind}.*"),
+            subject: String::new(),
+        }
+    }
+
+    /// The log underneath (for the forwarder).
+    pub(crate) fn log(&self) -> Arc<dyn EventLog> {
+        Arc::clone(&self.log)
+    }
+
     /// Where aggregate `id` of type `A` lives, if the type and the id are usable.
     fn address<A: Aggregate>(&self, id: &str) -> Result<LogAddress, EventStoreError> {
         let kind = A::TYPE;

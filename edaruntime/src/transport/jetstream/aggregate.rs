@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use super::provision::Retention;
 use super::JetStream;
-use crate::port::{EventLog, LogAddress, LogError, LogRead, LogRecord};
+use crate::port::{EventLog, Followed, LogAddress, LogError, LogFollower, LogRead, LogRecord};
 
 /// The optimistic-concurrency header (nats-server 2.9 and later).
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
@@ -305,6 +305,96 @@ impl EventLog for JetStreamLog {
                 .await
                 .map(|_| ())
                 .map_err(|e| failed(format!("cannot write snapshot `{key}`"), e))
+        })
+    }
+
+    fn follow<'a>(
+        &'a self,
+        at: &'a LogAddress,
+        durable: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>> {
+        Box::pin(async move {
+            let stream = self.stream(at).await?;
+            let what = || format!("cannot follow stream `{}`", at.stream);
+            let config = consumer::pull::Config {
+                durable_name: Some(durable.to_owned()),
+                filter_subject: at.stream_subjects.clone(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: self.js.settings.topology.ack_wait,
+                max_deliver: -1,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            };
+            let consumer: consumer::PullConsumer = match stream.get_consumer(durable).await {
+                Ok(consumer) => consumer,
+                Err(_) => match stream.create_consumer(config).await {
+                    Ok(consumer) => consumer,
+                    // Another instance created it at the same moment.
+                    Err(create) => stream
+                        .get_consumer(durable)
+                        .await
+                        .map_err(|_| failed(what(), create))?,
+                },
+            };
+            Ok(Box::new(JetStreamFollower {
+                consumer,
+                held: HashMap::new(),
+                subject: at.stream.clone(),
+            }) as Box<dyn LogFollower>)
+        })
+    }
+}
+
+/// A durable pull consumer on an aggregate type's stream, and the messages it handed out
+/// that are not acknowledged yet.
+struct JetStreamFollower {
+    consumer: consumer::PullConsumer,
+    held: HashMap<u64, jetstream::Message>,
+    subject: String,
+}
+
+impl LogFollower for JetStreamFollower {
+    fn next(&mut self) -> BoxFuture<'_, Result<Vec<Followed>, LogError>> {
+        Box::pin(async move {
+            let what = || format!("cannot follow stream `{}`", self.subject);
+            let mut batch = self
+                .consumer
+                .fetch()
+                .max_messages(256)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .map_err(|e| failed(what(), e))?;
+            let mut out = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| failed(what(), e))?;
+                let info = message.info().map_err(|e| failed(what(), e))?;
+                let sequence = info.stream_sequence;
+                let record = LogRecord {
+                    sequence,
+                    time: SystemTime::from(info.published),
+                    headers: pairs(message.headers.as_ref()),
+                    payload: message.payload.clone(),
+                };
+                out.push(Followed {
+                    subject: message.subject.to_string(),
+                    record,
+                });
+                self.held.insert(sequence, message);
+            }
+            Ok(out)
+        })
+    }
+
+    fn ack(&mut self, sequence: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move {
+            let Some(message) = self.held.remove(&sequence) else {
+                return Ok(());
+            };
+            message
+                .double_ack()
+                .await
+                .map_err(|e| failed(format!("cannot acknowledge message {sequence}"), e))
         })
     }
 }

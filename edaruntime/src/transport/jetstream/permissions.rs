@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use crate::aggregate::forward::FORWARDER;
 use crate::config::Topology;
 use crate::delivery::naming::Names;
 use crate::registry::{Catalog, HandlerInfo};
@@ -143,7 +144,8 @@ pub(crate) fn permissions_for(
 
 /// What storing aggregates of these types takes: each type's stream (created on first use),
 /// appends to its subjects, reads by subject (message get, and a short-lived consumer for long
-/// histories), and the type's keys in the snapshot bucket.
+/// histories), the forwarder's durable consumer, and the type's keys in the snapshot bucket
+/// (the forwarded events' subjects come with the declared events).
 fn aggregate_permissions(t: &Topology, aggregates: &[&'static str]) -> Vec<String> {
     let api = "$JS.API";
     let mut publish = Vec::new();
@@ -163,6 +165,9 @@ fn aggregate_permissions(t: &Topology, aggregates: &[&'static str]) -> Vec<Strin
             format!("{api}.CONSUMER.CREATE.{stream}.>"),
             format!("{api}.CONSUMER.MSG.NEXT.{stream}.*"),
             format!("{api}.CONSUMER.DELETE.{stream}.*"),
+            // The forwarder's durable consumer (`eda_forward`): info, pull, acks.
+            format!("{api}.CONSUMER.INFO.{stream}.{FORWARDER}"),
+            format!("$JS.ACK.{stream}.{FORWARDER}.>"),
             format!("{}.{kind}.*", t.aggregate_subject_prefix),
             format!("$KV.{snapshots}.{kind}.*"),
             format!("{api}.DIRECT.GET.KV_{snapshots}.$KV.{snapshots}.{kind}.*"),

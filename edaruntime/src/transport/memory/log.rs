@@ -3,25 +3,40 @@
 //! `Nats-Expected-Last-Subject-Sequence`, and a map of snapshots.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::port::{EventLog, LogAddress, LogError, LogRead, LogRecord};
+use tokio::sync::Notify;
+
+use crate::port::{EventLog, Followed, LogAddress, LogError, LogFollower, LogRead, LogRecord};
+
+/// How long a follower waits for new messages before it returns none.
+const FOLLOW_WAIT: Duration = Duration::from_millis(500);
 
 /// Every aggregate stream and snapshot of one broker.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
     streams: Mutex<HashMap<String, MemoryStream>>,
     snapshots: Mutex<HashMap<String, Bytes>>,
+    /// Where each durable follower of a stream is: `(stream, durable)` -> last delivered.
+    positions: Mutex<HashMap<(String, String), u64>>,
+    appended: Notify,
 }
 
 #[derive(Debug, Default)]
 struct MemoryStream {
     sequence: u64,
     subjects: HashMap<String, Vec<LogRecord>>,
+    /// Every message in stream order, with its subject (for followers).
+    all: Vec<(String, LogRecord)>,
 }
 
 /// Every critical section is one lookup and one push: a panicking holder left the data
@@ -41,7 +56,7 @@ impl EventLog for MemoryLog {
         Box::pin(async move {
             // As a broker's round trip: other writers get their turn between load and append.
             tokio::task::yield_now().await;
-            let mut streams = lock(&self.streams);
+            let mut streams = lock(&self.inner.streams);
             let stream = streams.entry(at.stream.clone()).or_default();
             let records = stream.subjects.entry(at.subject.clone()).or_default();
             let last = records.last().map_or(0, |r| r.sequence);
@@ -49,7 +64,7 @@ impl EventLog for MemoryLog {
                 return Err(LogError::Conflict { actual: Some(last) });
             }
             stream.sequence += 1;
-            records.push(LogRecord {
+            let record = LogRecord {
                 sequence: stream.sequence,
                 time: SystemTime::now(),
                 headers: headers
@@ -57,8 +72,13 @@ impl EventLog for MemoryLog {
                     .map(|(name, value)| (name.to_owned(), value))
                     .collect(),
                 payload,
-            });
-            Ok(stream.sequence)
+            };
+            records.push(record.clone());
+            stream.all.push((at.subject.clone(), record));
+            let sequence = stream.sequence;
+            drop(streams);
+            self.inner.appended.notify_waiters();
+            Ok(sequence)
         })
     }
 
@@ -70,7 +90,7 @@ impl EventLog for MemoryLog {
     ) -> BoxFuture<'a, Result<LogRead, LogError>> {
         Box::pin(async move {
             tokio::task::yield_now().await;
-            let streams = lock(&self.streams);
+            let streams = lock(&self.inner.streams);
             let Some(records) = streams
                 .get(&at.stream)
                 .and_then(|s| s.subjects.get(&at.subject))
@@ -86,7 +106,7 @@ impl EventLog for MemoryLog {
     }
 
     fn snapshot<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, LogError>> {
-        Box::pin(async move { Ok(lock(&self.snapshots).get(key).cloned()) })
+        Box::pin(async move { Ok(lock(&self.inner.snapshots).get(key).cloned()) })
     }
 
     fn put_snapshot<'a>(
@@ -95,8 +115,69 @@ impl EventLog for MemoryLog {
         value: Bytes,
     ) -> BoxFuture<'a, Result<(), LogError>> {
         Box::pin(async move {
-            lock(&self.snapshots).insert(key.to_owned(), value);
+            lock(&self.inner.snapshots).insert(key.to_owned(), value);
             Ok(())
         })
+    }
+
+    fn follow<'a>(
+        &'a self,
+        at: &'a LogAddress,
+        durable: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>> {
+        let follower = MemoryFollower {
+            inner: Arc::clone(&self.inner),
+            key: (at.stream.clone(), durable.to_owned()),
+        };
+        Box::pin(async move { Ok(Box::new(follower) as Box<dyn LogFollower>) })
+    }
+}
+
+/// A durable follower in memory: its position is kept by the broker, so a new follower of
+/// the same name goes on after what the last one was handed (the in-memory broker does not
+/// crash; what a stopped app held unacknowledged is not handed out again).
+struct MemoryFollower {
+    inner: Arc<Inner>,
+    key: (String, String),
+}
+
+impl MemoryFollower {
+    fn take(&self) -> Vec<Followed> {
+        let streams = lock(&self.inner.streams);
+        let mut positions = lock(&self.inner.positions);
+        let position = positions.entry(self.key.clone()).or_insert(0);
+        let Some(stream) = streams.get(&self.key.0) else {
+            return Vec::new();
+        };
+        let from = stream.all.partition_point(|(_, r)| r.sequence <= *position);
+        let taken: Vec<Followed> = stream.all[from..]
+            .iter()
+            .map(|(subject, record)| Followed {
+                subject: subject.clone(),
+                record: record.clone(),
+            })
+            .collect();
+        if let Some(last) = taken.last() {
+            *position = last.record.sequence;
+        }
+        taken
+    }
+}
+
+impl LogFollower for MemoryFollower {
+    fn next(&mut self) -> BoxFuture<'_, Result<Vec<Followed>, LogError>> {
+        Box::pin(async move {
+            let appended = self.inner.appended.notified();
+            let taken = self.take();
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
+            let _ = tokio::time::timeout(FOLLOW_WAIT, appended).await;
+            Ok(self.take())
+        })
+    }
+
+    fn ack(&mut self, _sequence: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async { Ok(()) })
     }
 }

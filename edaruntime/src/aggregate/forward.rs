@@ -1,0 +1,276 @@
+//! The forwarder: an outbox on JetStream. Every event appended to an aggregate type's stream is
+//! published again to `events.<name>` with its id as `Nats-Msg-Id`, so that ordinary handlers
+//! of any service get it. It reads the stream through a durable follower (a durable consumer
+//! on NATS) and acknowledges a message only after its publish was confirmed: an append that
+//! returned `Ok` is eventually published, also across crashes, and a message published again
+//! after a crash (between publish and acknowledgment) is dropped by the event stream's
+//! duplicate window. The events of an append of several are published once all are stored in
+//! a row, and never when another writer cut the append off (the rule loads follow).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::replay::parse_batch;
+use crate::port::{EventLog, Followed, LogAddress, LogError, LogFollower, Outbound, Transport};
+use crate::wire;
+
+/// The durable follower's name: one per aggregate type's stream, shared by every instance and
+/// service that forwards it (they compete; each event is forwarded once).
+pub(crate) const FORWARDER: &str = "eda_forward";
+
+/// How long the forwarder waits after a failure before it starts again.
+const AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// Forwards the events of the aggregate stream `at` for as long as it runs (it is aborted at
+/// shutdown: what it did not acknowledge comes again to the next forwarder).
+pub(crate) async fn run(log: Arc<dyn EventLog>, transport: Arc<dyn Transport>, at: LogAddress) {
+    loop {
+        let mut follower = match log.follow(&at, FORWARDER).await {
+            Ok(follower) => follower,
+            Err(e) => {
+                warn(&at, &e, "cannot follow the aggregate stream");
+                tokio::time::sleep(AFTER_FAILURE).await;
+                continue;
+            }
+        };
+        let mut held = Held::default();
+        'follow: loop {
+            let batch = match follower.next().await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn(&at, &e, "cannot read the aggregate stream");
+                    break 'follow;
+                }
+            };
+            for followed in batch {
+                if let Err(e) = held.take(followed, &mut *follower, &*transport).await {
+                    warn(&at, &e, "cannot forward an event; trying again");
+                    break 'follow;
+                }
+            }
+        }
+        tokio::time::sleep(AFTER_FAILURE).await;
+    }
+}
+
+fn warn(at: &LogAddress, error: &LogError, what: &str) {
+    let error = match error {
+        LogError::Conflict { .. } => "conflict".to_owned(),
+        LogError::Failed { message, source } => format!("{message}: {source}"),
+    };
+    tracing::warn!(stream = %at.stream, error = %error, "{what}");
+}
+
+/// The beginnings of appends of several events, by aggregate subject, not complete yet.
+#[derive(Default)]
+struct Held {
+    appends: HashMap<String, Vec<Followed>>,
+}
+
+impl Held {
+    async fn take(
+        &mut self,
+        followed: Followed,
+        follower: &mut dyn LogFollower,
+        transport: &dyn Transport,
+    ) -> Result<(), LogError> {
+        let header = |name: &str| {
+            followed
+                .record
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let sequence = followed.record.sequence;
+        let Some(name) = header(wire::EVENT) else {
+            tracing::warn!(sequence, subject = %followed.subject, "a message without `Eda-Event` on an aggregate stream is not an event eda appended; not forwarded");
+            return follower.ack(sequence).await;
+        };
+        let batch = header(wire::BATCH).and_then(|b| parse_batch(&b));
+        let already_held = self
+            .appends
+            .get(&followed.subject)
+            .is_some_and(|held| held.iter().any(|h| h.record.sequence == sequence));
+        if already_held {
+            // Delivered again while held (its ack wait ran out): it is held already.
+            return Ok(());
+        }
+        match batch {
+            None | Some((1, 1)) => {
+                self.cut(&followed.subject, follower).await?;
+                publish(&followed, &name, transport).await?;
+                follower.ack(sequence).await
+            }
+            Some((1, _)) => {
+                self.cut(&followed.subject, follower).await?;
+                self.appends
+                    .insert(followed.subject.clone(), vec![followed]);
+                Ok(())
+            }
+            Some((index, count)) => {
+                let next_of_held = self.appends.get(&followed.subject).is_some_and(|held| {
+                    held.len() + 1 == index as usize
+                        && held
+                            .last()
+                            .is_some_and(|last| last.record.sequence < sequence)
+                });
+                if !next_of_held {
+                    // A fragment of an append that was cut off: never counts.
+                    self.cut(&followed.subject, follower).await?;
+                    return follower.ack(sequence).await;
+                }
+                let subject = followed.subject.clone();
+                let Some(held) = self.appends.get_mut(&subject) else {
+                    return Ok(());
+                };
+                held.push(followed);
+                if index < count {
+                    return Ok(());
+                }
+                let complete = self.appends.remove(&subject).unwrap_or_default();
+                for event in &complete {
+                    let name = event
+                        .record
+                        .headers
+                        .iter()
+                        .find(|(n, _)| n == wire::EVENT)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    publish(event, &name, transport).await?;
+                }
+                for event in &complete {
+                    follower.ack(event.record.sequence).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The append held for `subject` was cut off: its events never count; acknowledge them.
+    async fn cut(&mut self, subject: &str, follower: &mut dyn LogFollower) -> Result<(), LogError> {
+        if let Some(held) = self.appends.remove(subject) {
+            for event in held {
+                follower.ack(event.record.sequence).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes one stored event to `events.<name>` with its id and time.
+async fn publish(
+    followed: &Followed,
+    name: &str,
+    transport: &dyn Transport,
+) -> Result<(), LogError> {
+    let record = &followed.record;
+    let decoded = wire::decode(
+        name,
+        record.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        Some(record.sequence),
+        Some(record.time),
+    );
+    transport
+        .publish(Outbound {
+            metadata: decoded.metadata,
+            payload: record.payload.clone(),
+            explicit_id: true,
+            explicit_time: true,
+        })
+        .await
+        .map_err(|e| LogError::Failed {
+            message: format!("cannot forward `{name}` (sequence {})", record.sequence),
+            source: Box::new(e),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+    use crate::dlq::DeadLetter;
+    use crate::error::PublishError;
+    use crate::port::{LogRecord, OutboundStream};
+
+    /// Records what was published (by the event's payload).
+    #[derive(Debug, Default)]
+    struct Published(Mutex<Vec<String>>);
+
+    impl Transport for Published {
+        fn publish(&self, message: Outbound) -> BoxFuture<'_, Result<(), PublishError>> {
+            let text = String::from_utf8_lossy(&message.payload).into_owned();
+            self.0.lock().unwrap().push(text);
+            Box::pin(async { Ok(()) })
+        }
+        fn publish_many<'a>(
+            &'a self,
+            _: &'a mut OutboundStream<'_>,
+        ) -> BoxFuture<'a, Result<(), PublishError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn dead_letter(&self, _: DeadLetter) -> BoxFuture<'_, Result<(), PublishError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[derive(Default)]
+    struct Acks(Vec<u64>);
+
+    impl LogFollower for Acks {
+        fn next(&mut self) -> BoxFuture<'_, Result<Vec<Followed>, LogError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn ack(&mut self, sequence: u64) -> BoxFuture<'_, Result<(), LogError>> {
+            self.0.push(sequence);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn message(subject: &str, sequence: u64, batch: Option<&str>) -> Followed {
+        let mut headers = vec![
+            ("Nats-Msg-Id".to_owned(), format!("id-{sequence}")),
+            ("Eda-Event".to_owned(), "money.deposited".to_owned()),
+        ];
+        if let Some(batch) = batch {
+            headers.push(("Eda-Batch".to_owned(), batch.to_owned()));
+        }
+        Followed {
+            subject: subject.to_owned(),
+            record: LogRecord {
+                sequence,
+                time: SystemTime::now(),
+                headers,
+                payload: Bytes::from(sequence.to_string()),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_cut_off_are_not_forwarded_and_complete_ones_are_once() {
+        let (published, mut acks, mut held) =
+            (Published::default(), Acks::default(), Held::default());
+        for followed in [
+            message("agg.a.1", 1, None),
+            message("agg.a.1", 2, Some("1/2")),
+            message("agg.a.2", 3, Some("1/2")),
+            message("agg.a.2", 3, Some("1/2")), // delivered again while held
+            message("agg.a.1", 4, None),        // cuts off 2
+            message("agg.a.2", 5, Some("2/2")), // completes 3
+            message("agg.a.3", 6, Some("2/2")), // a fragment
+            message("agg.a.3", 7, Some("1/3")), // held at the end
+        ] {
+            held.take(followed, &mut acks, &published).await.unwrap();
+        }
+        assert_eq!(*published.0.lock().unwrap(), ["1", "4", "3", "5"]);
+        let mut acked = acks.0.clone();
+        acked.sort_unstable();
+        assert_eq!(acked, [1, 2, 3, 4, 5, 6], "7 stays held, unacknowledged");
+    }
+}
