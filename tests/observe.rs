@@ -37,6 +37,16 @@ pub struct ObsStuck {
     pub n: u64,
 }
 
+#[event("obs.echo")]
+pub struct ObsEcho {
+    pub n: u64,
+}
+
+#[event("obs.echoed")]
+pub struct ObsEchoed {
+    pub n: u64,
+}
+
 #[derive(Default)]
 pub struct Calls(AtomicU32);
 
@@ -59,6 +69,12 @@ async fn obs_poison(_event: ObsPoison) -> Result<(), HandlerError> {
 #[handler]
 async fn obs_stuck(_event: ObsStuck) {
     tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[handler(emits = [ObsEchoed])]
+async fn obs_echo(event: ObsEcho, ctx: Context) -> Result<(), HandlerError> {
+    ctx.publish(&ObsEchoed { n: event.n }).await?;
+    Ok(())
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -216,6 +232,34 @@ async fn metrics_show_exact_counts_after_a_scripted_run() {
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, body) = get(addr, "/readyz").await;
     assert_eq!(status, 200, "{body}");
+    app.shutdown().await.unwrap();
+}
+
+/// The events a handler declares with `emits = [..]` have their publish series from the
+/// start, at 0: Prometheus sees them before the first follow-up, so a burst of follow-ups
+/// between two scrapes is an increase to `rate()` (a series born at its first value is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_follow_ups_have_publish_series_at_zero_before_the_first() {
+    let app = TestApp::builder("obs-emits")
+        .handlers(&["obs_echo"])
+        .configure(|b| b.metrics_addr("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    let addr = app.app().metrics_addr().expect("metrics are served");
+    let published = |text: &str| {
+        [
+            "eda_publish_duration_seconds_count",
+            "eda_events_published_total",
+        ]
+        .map(|name| value(text, name, &[("event", "obs.echoed")]))
+    };
+    let (_, text) = get(addr, "/metrics").await;
+    assert_eq!(published(&text), [Some(0.0); 2], "{text}");
+    app.publish(&ObsEcho { n: 1 }).await.unwrap();
+    app.settle().await;
+    let (_, text) = get(addr, "/metrics").await;
+    assert_eq!(published(&text), [Some(1.0); 2], "{text}");
     app.shutdown().await.unwrap();
 }
 

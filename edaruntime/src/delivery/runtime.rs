@@ -22,7 +22,7 @@ use crate::handler::{
     Invocation, Scope,
 };
 use crate::idempotency::{Claim, Found, IdempotencyStore, Recorded};
-use crate::observe::{self, HandlerMetrics};
+use crate::observe::{self, HandlerMetrics, PublishMetrics};
 use crate::port::{Acknowledge, Delivery, Transport};
 use crate::random;
 
@@ -132,6 +132,12 @@ impl HandlerRuntime {
         breaker: Option<Breaker>,
     ) -> HandlerRuntime {
         let service: Arc<str> = Arc::from(scope.publisher.service());
+        // The events it declares it publishes get their publish series now, at 0: a series
+        // born at its first value shows no increase to `rate()`, so a burst of follow-ups
+        // finished between two scrapes would be missing from every rate and percentile.
+        for name in descriptor.emits.unwrap_or_default() {
+            PublishMetrics::of(name);
+        }
         HandlerRuntime {
             names: Names::new(&service, descriptor.name),
             metrics: HandlerMetrics::new(

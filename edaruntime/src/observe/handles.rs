@@ -242,7 +242,9 @@ pub(crate) struct PublishMetrics {
 }
 
 impl PublishMetrics {
-    /// The handles for `event`, created on first use and cached.
+    /// The handles for `event`, created on first use and cached (for the events a handler
+    /// declares with `emits = [..]`, when the app starts, so they show as 0 before the first
+    /// publish).
     pub(crate) fn of(event: &str) -> Arc<PublishMetrics> {
         static CACHE: OnceLock<RwLock<HashMap<String, Arc<PublishMetrics>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
