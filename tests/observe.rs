@@ -235,6 +235,12 @@ async fn metrics_show_exact_counts_after_a_scripted_run() {
     app.shutdown().await.unwrap();
 }
 
+/// Published outside handlers only (declared with `AppBuilder::emits`).
+#[event("obs.outside")]
+pub struct ObsOutside {
+    pub n: u32,
+}
+
 /// The events a handler declares with `emits = [..]` have their publish series from the
 /// start, at 0: Prometheus sees them before the first follow-up, so a burst of follow-ups
 /// between two scrapes is an increase to `rate()` (a series born at its first value is not).
@@ -242,7 +248,7 @@ async fn metrics_show_exact_counts_after_a_scripted_run() {
 async fn declared_follow_ups_have_publish_series_at_zero_before_the_first() {
     let app = TestApp::builder("obs-emits")
         .handlers(&["obs_echo"])
-        .configure(|b| b.metrics_addr("127.0.0.1:0"))
+        .configure(|b| b.metrics_addr("127.0.0.1:0").emits::<ObsOutside>())
         .start()
         .await
         .unwrap();
@@ -256,6 +262,16 @@ async fn declared_follow_ups_have_publish_series_at_zero_before_the_first() {
     };
     let (_, text) = get(addr, "/metrics").await;
     assert_eq!(published(&text), [Some(0.0); 2], "{text}");
+    // Declared on the builder (published outside handlers): there at 0 too.
+    assert_eq!(
+        value(
+            &text,
+            "eda_events_published_total",
+            &[("event", "obs.outside")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
     app.publish(&ObsEcho { n: 1 }).await.unwrap();
     app.settle().await;
     let (_, text) = get(addr, "/metrics").await;

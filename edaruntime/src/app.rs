@@ -217,6 +217,11 @@ impl App {
         let mut states = self.states.clone();
         states.insert(event_store.clone());
         let publisher = Publisher::new(Arc::from(self.service.as_str()), Arc::clone(&transport));
+        // Events published outside handlers get their publish series now, at 0, as handlers'
+        // declared follow-ups do (a series born at its first value shows no `rate()`).
+        for name in &self.emits {
+            crate::observe::PublishMetrics::of(name);
+        }
         let breakers = self.breakers();
         for descriptor in &self.handlers {
             let scope = Arc::new(Scope {
