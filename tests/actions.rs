@@ -227,8 +227,10 @@ async fn status_codes_decide_retry_or_dead_letter() {
     let http = HttpServer::start(
         |request, before| match request.path.split('?').next().unwrap() {
             "/retry/1" => two_answers(500, Answer::status(200))(request, before),
+            // An error page that echoes the request's credentials.
             "/refuse/1" => Answer::status(400).body(&format!(
-                "{{\"error\":\"no such customer\"}}{}",
+                "{{\"error\":\"no such customer\",\"you sent\":\"{}\"}}{}",
+                request.header("authorization").unwrap_or_default(),
                 "x".repeat(3000)
             )),
             "/slow/1" if before == 0 => Answer::status(429).header("Retry-After", "1"),
@@ -313,7 +315,7 @@ headers = {{ Authorization = "Bearer ${{env.{SECRET_VAR}}}" }}
     assert_eq!(refused.attempts, 1);
     assert!(
         refused.error.contains("trigger `refuse`, POST ")
-            && refused.error.contains("/refuse/${event.order}?token=${env.EDA_ACTIONS_TEST_TOKEN} answered 400 Bad Request: {\"error\":\"no such customer\"}xxx"),
+            && refused.error.contains("/refuse/${event.order}?token=${env.EDA_ACTIONS_TEST_TOKEN} answered 400 Bad Request: {\"error\":\"no such customer\",\"you sent\":\"Bearer ***\"}xxx"),
         "{}",
         refused.error
     );

@@ -75,6 +75,8 @@ struct Summary {
     redriven: usize,
     /// Found already sent by an earlier run (the broker's duplicate window), deleted now.
     already_sent: usize,
+    /// Gone from the dead-letter stream before they were read (another run, a purge).
+    gone: usize,
     /// Left in the dead-letter stream, with why.
     left: Vec<(u64, String)>,
 }
@@ -84,7 +86,7 @@ pub async fn redrive(nats: NatsArgs, args: RedriveArgs) -> Result<()> {
     let broker = nats.connect().await?;
     let dlq = broker.dlq().await?;
     let HandlerName { service, handler } = &args.handler;
-    let subject = format!("redrive.{service}.{handler}");
+    let subject = eda::dlq::redrive_subject(service, handler);
     let target = check_target(&broker, service, handler).await?;
     let mut letters = dlq::read(&broker, &dlq, &format!("dlq.{service}.{handler}"), None).await?;
     if let Some(limit) = args.limit {
@@ -117,6 +119,7 @@ pub async fn redrive(nats: NatsArgs, args: RedriveArgs) -> Result<()> {
         match send_back(&broker, &dlq, events.as_mut(), &subject, letter).await? {
             Outcome::Redriven => summary.redriven += 1,
             Outcome::Earlier => summary.already_sent += 1,
+            Outcome::Gone => summary.gone += 1,
             Outcome::Left(why) => summary.left.push((letter.sequence, why)),
         }
         progress.show(done + 1);
@@ -130,6 +133,12 @@ pub async fn redrive(nats: NatsArgs, args: RedriveArgs) -> Result<()> {
             n => format!(", {n} of them sent by an earlier run"),
         }
     );
+    if summary.gone > 0 {
+        println!(
+            "{} dead letter(s) were gone before they were read (another run, or a purge)",
+            summary.gone
+        );
+    }
     for (sequence, why) in &summary.left {
         println!("left in `{}`: {sequence}: {why}", broker.dlq_stream);
     }
@@ -147,7 +156,7 @@ pub async fn redrive(nats: NatsArgs, args: RedriveArgs) -> Result<()> {
 /// The handler's redrive consumer must exist: else nobody would read what is sent (the
 /// service never ran, runs an eda version without redrive, or the name is wrong).
 async fn check_target(broker: &Broker, service: &str, handler: &str) -> Result<String> {
-    let durable = format!("{service}__{handler}__redrive");
+    let durable = eda::dlq::redrive_durable(service, handler);
     let stream_name = &broker.redrive_stream;
     let missing_stream = || {
         Failure::new(format!(
@@ -199,6 +208,7 @@ fn message_gone(error: &stream::DeleteMessageError) -> bool {
 enum Outcome {
     Redriven,
     Earlier,
+    Gone,
     Left(String),
 }
 
@@ -215,7 +225,7 @@ async fn send_back(
         Ok(message) => message,
         // Deleted since it was listed (another run, a purge): nothing to do.
         Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
-            return Ok(Outcome::Earlier)
+            return Ok(Outcome::Gone)
         }
         Err(e) => {
             return Err(failed(format!(

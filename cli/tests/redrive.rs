@@ -362,3 +362,56 @@ async fn purge_asks_first_and_deletes_only_what_it_names() {
     assert!(app.dead_letters().await.expect("dead letters").is_empty());
     app.shutdown().await.expect("stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_stream_deleted_under_a_running_service_comes_back() {
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::builder("refunds")
+        .nats(server.url())
+        .handlers(&["refuse_refund"])
+        .start()
+        .await
+        .expect("starts");
+    for id in 1..=3 {
+        app.publish(&RefundAsked { id }).await.expect("published");
+    }
+    app.settle().await;
+    assert_eq!(app.dead_letters().await.expect("dead letters").len(), 3);
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connects"));
+    js.delete_stream("EDA_REDRIVE").await.expect("deleted");
+    // The service notices (its pull requests end) and provisions the stream and its consumer
+    // again.
+    let mut back = false;
+    for _ in 0..600 {
+        if let Ok(stream) = js.get_stream("EDA_REDRIVE").await {
+            if stream
+                .consumer_info("refunds__refuse_refund__redrive")
+                .await
+                .is_ok()
+            {
+                back = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back,
+        "the redrive stream and consumer were not provisioned again"
+    );
+    let sent = eda(
+        &server,
+        &["dlq", "redrive", "--handler", "refunds/refuse_refund"],
+    );
+    assert!(sent.status.success(), "{}", text(&sent));
+    assert!(
+        text(&sent).contains("redriven 3 dead letter(s)"),
+        "{}",
+        text(&sent)
+    );
+    eventually("the redriven refunds are refused again", || {
+        app.stats("refuse_refund").dead_lettered == 6
+    })
+    .await;
+    app.shutdown().await.expect("stops");
+}

@@ -78,7 +78,7 @@ pub struct DeadLetter {
     pub payload_cut: Option<usize>,
     /// Set when the message given up on was itself a redriven dead letter (`eda dlq
     /// redrive`): its sequence on the redrive stream. Not read back from a stored letter.
-    pub redrive: Option<u64>,
+    pub redrive: Option<String>,
 }
 
 impl DeadLetter {
@@ -87,14 +87,26 @@ impl DeadLetter {
     /// redriven message given up on again adds `.redrive-<sequence>`, so that the broker's
     /// duplicate window does not take its new dead letter for the first one.
     pub fn message_id(&self) -> String {
-        match self.redrive {
+        match &self.redrive {
             None => format!("{}.{}.{}", self.service, self.handler, self.metadata.id),
-            Some(sequence) => format!(
-                "{}.{}.{}.redrive-{sequence}",
+            Some(tag) => format!(
+                "{}.{}.{}.redrive-{tag}",
                 self.service, self.handler, self.metadata.id
             ),
         }
     }
+}
+
+/// `redrive.<service>.<handler>`: where `eda dlq redrive` sends a handler's dead letters
+/// back, read by that handler's redrive consumer only.
+pub fn redrive_subject(service: &str, handler: &str) -> String {
+    format!("redrive.{service}.{handler}")
+}
+
+/// `<service>__<handler>__redrive`: the durable consumer of a handler's redriven dead letters
+/// on the redrive stream.
+pub fn redrive_durable(service: &str, handler: &str) -> String {
+    format!("{service}__{handler}__redrive")
 }
 
 impl From<&DecodeError> for DlqReason {

@@ -65,7 +65,7 @@ pub(crate) struct Delivery {
     /// Set for a dead letter sent back to its handler (`eda dlq redrive`): the message's
     /// sequence on the redrive stream. What belongs to the message rather than to the event
     /// (hand-backs, the dead-letter decision, the new dead letter's id) is keyed apart.
-    pub(crate) redrive: Option<u64>,
+    pub(crate) redrive: Option<Arc<str>>,
 }
 
 /// Settles one delivered message with the broker. Cheap to clone (a running handler's

@@ -499,9 +499,12 @@ impl Action {
             }
             return Ok(());
         }
+        // An error page may echo the request (its `Authorization` header, say): the values
+        // of `${env.*}` are taken out of what is kept.
+        let answer = self.without_secrets(String::from_utf8_lossy(&body).into_owned());
         let why = format!(
             "trigger `{trigger}`, {label} answered {status}: {}",
-            crate::wire::truncated(&String::from_utf8_lossy(&body), ANSWER_KEPT)
+            crate::wire::truncated(&answer, ANSWER_KEPT)
         );
         let code = status.as_u16();
         Err(if status.is_server_error() || code == 408 || code == 429 {
@@ -515,7 +518,35 @@ impl Action {
     }
 }
 
+impl Action {
+    /// `text` with every `${env.*}` value of this action (4 bytes or longer) replaced by `***`.
+    fn without_secrets(&self, mut text: String) -> String {
+        let mut secrets: Vec<&str> = self.url.secrets().collect();
+        for (_, value) in &self.headers {
+            secrets.extend(value.secrets());
+        }
+        if let Some(body) = &self.body {
+            body.secrets(&mut secrets);
+        }
+        for secret in secrets {
+            if secret.len() >= 4 && text.contains(secret) {
+                text = text.replace(secret, "***");
+            }
+        }
+        text
+    }
+}
+
 impl Body {
+    fn secrets<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Body::Text(t) => out.extend(t.secrets()),
+            Body::List(items) => items.iter().for_each(|i| i.secrets(out)),
+            Body::Object(fields) => fields.iter().for_each(|(_, v)| v.secrets(out)),
+            Body::Literal(_) => {}
+        }
+    }
+
     fn render(&self, scope: &Scope<'_>) -> Result<Value, String> {
         Ok(match self {
             Body::Text(t) => t.render_value(scope)?,

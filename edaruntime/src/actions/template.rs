@@ -115,6 +115,17 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// The values of the `env.*` variables it reads (secrets, to keep out of messages).
+    pub(crate) fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(Var {
+                source: Source::Env { value },
+                ..
+            }) => Some(value.as_str()),
+            _ => None,
+        })
+    }
+
     /// The text with its variables' values.
     pub(crate) fn render(&self, scope: &Scope<'_>, escape: Escape) -> Result<String, String> {
         let mut out = String::new();

@@ -48,6 +48,10 @@ pub enum Decision {
     },
 }
 
+/// The longest delay a failure may ask for ([`HandlerError::retry_after`]): a downstream's
+/// `Retry-After` of a year would hold the message back that long.
+pub const MAX_ASKED_DELAY: Duration = Duration::from_secs(3600);
+
 /// Decides what an attempt's outcome means for the message. `attempt` is 1-based;
 /// `random` in `[0, 1)` draws the jitter.
 pub fn decide(outcome: &Outcome, attempt: u32, options: &HandlerOptions, random: f64) -> Decision {
@@ -85,7 +89,7 @@ pub fn decide(outcome: &Outcome, attempt: u32, options: &HandlerOptions, random:
         _ => None,
     };
     Decision::Retry {
-        delay: asked.map_or(backoff, |asked| asked.max(backoff)),
+        delay: asked.map_or(backoff, |asked| asked.min(MAX_ASKED_DELAY).max(backoff)),
         error,
     }
 }
@@ -139,6 +143,14 @@ mod tests {
         assert!(matches!(
             decide(&short, 1, &o, 0.0),
             Decision::Retry { delay, .. } if delay == Duration::from_millis(100)
+        ));
+        let huge = Outcome::Failed(HandlerError::retry_after(
+            "429",
+            Duration::from_secs(1 << 40),
+        ));
+        assert!(matches!(
+            decide(&huge, 1, &o, 0.0),
+            Decision::Retry { delay, .. } if delay == MAX_ASKED_DELAY
         ));
         assert!(matches!(
             decide(&asked, 4, &o, 0.0),

@@ -25,8 +25,8 @@ impl Names {
         Names {
             durable: format!("{service}__{handler}"),
             dlq_subject: format!("dlq.{service}.{handler}"),
-            redrive_durable: format!("{service}__{handler}__redrive"),
-            redrive_subject: format!("redrive.{service}.{handler}"),
+            redrive_durable: crate::dlq::redrive_durable(service, handler),
+            redrive_subject: crate::dlq::redrive_subject(service, handler),
             key_prefix: format!("{service}.{handler}."),
         }
     }
@@ -61,10 +61,10 @@ impl Names {
     /// dead-letter decision): a redriven dead letter (`redrive`: its sequence on the redrive
     /// stream) is a new message of the same event, and must not inherit the decision that
     /// sent it to the dead-letter stream.
-    pub(crate) fn message_key(idempotency_key: &str, redrive: Option<u64>) -> Cow<'_, str> {
+    pub(crate) fn message_key<'k>(idempotency_key: &'k str, redrive: Option<&str>) -> Cow<'k, str> {
         match redrive {
             None => Cow::Borrowed(idempotency_key),
-            Some(sequence) => Cow::Owned(format!("{idempotency_key}.redrive-{sequence}")),
+            Some(tag) => Cow::Owned(format!("{idempotency_key}.redrive-{tag}")),
         }
     }
 }
@@ -85,8 +85,8 @@ mod tests {
             "billing.charge.0190"
         );
         assert_eq!(
-            Names::message_key("billing.charge.0190", Some(4)),
-            "billing.charge.0190.redrive-4"
+            Names::message_key("billing.charge.0190", Some("EDA_REDRIVE-17-4")),
+            "billing.charge.0190.redrive-EDA_REDRIVE-17-4"
         );
         assert_eq!(names.idempotency_key("0190", None), "billing.charge.0190");
         assert_eq!(

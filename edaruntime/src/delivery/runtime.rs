@@ -210,7 +210,7 @@ impl HandlerRuntime {
         // this handler's intake instead of piling up messages.
         let mut permit = permit;
         let epoch = delivery.id_epoch.clone();
-        let redrive = delivery.redrive;
+        let redrive = delivery.redrive.clone();
         let processed = self
             .process(delivery, key.as_deref(), &mut permit, probe)
             .await;
@@ -218,7 +218,8 @@ impl HandlerRuntime {
             Processed::Decided(decision) => decision,
             Processed::HandBack { delay, why } => {
                 tracing::warn!(delay = ?delay, "{why}; handing the message back (not counted as an attempt)");
-                let key = self.hand_back_key(&raw.metadata().id, epoch.as_deref(), redrive);
+                let key =
+                    self.hand_back_key(&raw.metadata().id, epoch.as_deref(), redrive.as_deref());
                 self.count_hand_back(&key).await;
                 self.metrics.handed_back().increment(1);
                 Box::pin(settlement.nak(delay)).await;
@@ -267,7 +268,7 @@ impl HandlerRuntime {
 
     /// Where the hand-backs of the message of event `id` are counted (with or without
     /// idempotency records).
-    fn hand_back_key(&self, id: &str, epoch: Option<&str>, redrive: Option<u64>) -> String {
+    fn hand_back_key(&self, id: &str, epoch: Option<&str>, redrive: Option<&str>) -> String {
         let key = self.names.idempotency_key(id, epoch);
         Names::hand_back_key(&Names::message_key(&key, redrive))
     }
@@ -290,8 +291,11 @@ impl HandlerRuntime {
     ) -> bool {
         if self.options().idempotent != Idempotency::Off || self.breaker.is_some() {
             let metadata = delivery.raw.metadata();
-            let key =
-                self.hand_back_key(&metadata.id, delivery.id_epoch.as_deref(), delivery.redrive);
+            let key = self.hand_back_key(
+                &metadata.id,
+                delivery.id_epoch.as_deref(),
+                delivery.redrive.as_deref(),
+            );
             self.count_hand_back(&key).await;
         }
         self.metrics.handed_back().increment(1);
@@ -317,11 +321,13 @@ impl HandlerRuntime {
             return delivery;
         }
         let key = match key {
-            Some(key) => Names::hand_back_key(&Names::message_key(key, delivery.redrive)),
+            Some(key) => {
+                Names::hand_back_key(&Names::message_key(key, delivery.redrive.as_deref()))
+            }
             None if self.breaker.is_some() => self.hand_back_key(
                 &delivery.raw.metadata().id,
                 delivery.id_epoch.as_deref(),
-                delivery.redrive,
+                delivery.redrive.as_deref(),
             ),
             // No records and no breaker: hand-backs (at shutdown only) are not counted.
             None => return delivery,
@@ -350,7 +356,7 @@ impl HandlerRuntime {
         error: String,
         settlement: Settlement<A>,
         key: Option<String>,
-        redrive: Option<u64>,
+        redrive: Option<Arc<str>>,
     ) {
         let attempt = raw.attempt();
         let event = &*raw.metadata().name;
@@ -364,7 +370,7 @@ impl HandlerRuntime {
             metadata: Arc::clone(raw.metadata_arc()),
             payload: raw.payload_bytes().clone(),
             payload_cut: None,
-            redrive,
+            redrive: redrive.as_deref().map(str::to_owned),
         };
         let started = tokio::time::Instant::now();
         let mut tries = 0u32;
@@ -400,7 +406,10 @@ impl HandlerRuntime {
         if let Some(key) = &key {
             if let Err(e) = self
                 .store
-                .record_dead_letter(&Names::dead_letter_key(&Names::message_key(key, redrive)))
+                .record_dead_letter(&Names::dead_letter_key(&Names::message_key(
+                    key,
+                    redrive.as_deref(),
+                )))
                 .await
             {
                 tracing::warn!(error = %e, "cannot record the dead-letter decision; should the terminate fail, a redelivery dead-letters it again (deduplicated)");
@@ -441,8 +450,8 @@ impl HandlerRuntime {
             // The dead-letter record is read only for a redelivery of this very message (its
             // terminate was not confirmed): a first delivery of the same id — a producer
             // sending it again, a redrive — is handled afresh.
-            let dead_letter_key =
-                (attempt > 1).then(|| Names::dead_letter_key(&Names::message_key(key, redrive)));
+            let dead_letter_key = (attempt > 1)
+                .then(|| Names::dead_letter_key(&Names::message_key(key, redrive.as_deref())));
             match self.look_up(key, dead_letter_key.as_deref()).await {
                 Ok(Some(Found::Processed)) => return Processed::Decided(Decision::Duplicate),
                 Ok(Some(Found::DeadLettered)) => return Processed::AlreadyDeadLettered,

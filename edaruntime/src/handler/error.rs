@@ -44,7 +44,8 @@ impl HandlerError {
 
     /// A failure worth retrying no sooner than `delay` from now — a downstream that said when
     /// to come back (HTTP 429 or 503 with `Retry-After`). The next attempt waits the longer of
-    /// `delay` and the handler's backoff; with retries left, never less than `delay`.
+    /// `delay` (at most an hour) and the handler's backoff; with retries left, never less
+    /// than `delay`.
     ///
     /// ```
     /// use std::time::Duration;

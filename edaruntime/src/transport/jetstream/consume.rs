@@ -76,7 +76,12 @@ impl JetStream {
         let concurrency = runtime.options().concurrency.max(1) as usize;
         let events = PullSource::new(&self, &runtime, Pulled::Events, concurrency, &epoch);
         // Redriven dead letters: one at a time, beside the handler's new messages.
-        let redrive = PullSource::new(&self, &runtime, Pulled::Redrive, 1, &epoch);
+        let redrive_stream = &self.settings.topology.redrive_stream;
+        let redrive_epoch = match self.stream_epoch_of(redrive_stream).await {
+            Some(epoch) => epoch,
+            None => Arc::from(redrive_stream.as_str()),
+        };
+        let redrive = PullSource::new(&self, &runtime, Pulled::Redrive, 1, &redrive_epoch);
         futures_util::future::join(
             driver::drive(Arc::clone(&runtime), events, signals.clone(), concurrency),
             driver::drive(runtime, redrive, signals, 1),
@@ -436,7 +441,9 @@ impl PullSource {
                             Some(info.published),
                         )
                     });
-                (decoded, Some(info.stream_sequence))
+                // Unique per redriven message, also across incarnations of the stream.
+                let tag = format!("{}-{}", self.epoch, info.stream_sequence);
+                (decoded, Some(Arc::<str>::from(tag)))
             }
         };
         let id_epoch = (!decoded.id_from_header).then(|| Arc::clone(&self.epoch));

@@ -36,20 +36,26 @@ impl JetStream {
         // Dead letters wait for someone to look at them: no age limit.
         self.ensure_stream(&t.dlq_stream, "dlq.>", Duration::ZERO, Retention::EVENTS)
             .await?;
-        // Redriven dead letters wait for their handler, and go once it has them.
-        self.ensure_stream(
-            &t.redrive_stream,
-            "redrive.>",
-            Duration::ZERO,
-            Retention::REDRIVE,
-        )
-        .await?;
+        self.ensure_redrive_stream().await?;
         self.ensure_bucket(&t.processed_bucket, t.processed_ttl)
             .await?;
         let schemas = self
             .ensure_bucket(&t.schemas_bucket, Duration::ZERO)
             .await?;
         self.register_schemas(&schemas).await
+    }
+
+    /// The redrive stream: redriven dead letters wait for their handler, and go once it has
+    /// them.
+    pub(super) async fn ensure_redrive_stream(&self) -> Result<(), Error> {
+        let t = &self.settings.topology;
+        self.ensure_stream(
+            &t.redrive_stream,
+            "redrive.>",
+            Duration::ZERO,
+            Retention::REDRIVE,
+        )
+        .await
     }
 
     pub(super) async fn ensure_stream(

@@ -11,7 +11,12 @@ impl JetStream {
     /// Names this incarnation of the event stream (its name and creation time), for the
     /// idempotency keys of messages whose id is only their stream sequence.
     pub(super) async fn stream_epoch(&self) -> Option<Arc<str>> {
-        let name = &self.settings.topology.events_stream;
+        self.stream_epoch_of(&self.settings.topology.events_stream)
+            .await
+    }
+
+    /// Names this incarnation of stream `name` (its name and creation time).
+    pub(super) async fn stream_epoch_of(&self, name: &str) -> Option<Arc<str>> {
         let mut stream = self.context.get_stream(name).await.ok()?;
         let info = stream.info().await.ok()?;
         let created = info.created.unix_timestamp_nanos();
@@ -26,9 +31,23 @@ impl PullSource {
     pub(super) async fn check_consumer(&mut self) {
         if self.pulled == Pulled::Redrive {
             // A work queue holds only what is not handled yet: recreated, it delivers that.
+            // The stream itself may have been deleted (and its sequences start over: the
+            // epoch keeps redrive keys of the new incarnation apart from the old one's).
             let (names, descriptor) = (&self.runtime.names, self.runtime.descriptor);
-            if let Err(e) = self.js.redrive_consumer(names, descriptor).await {
-                tracing::error!(consumer = %names.redrive_durable, error = %e, "cannot bind the redrive consumer; trying again");
+            let bound = match self.js.ensure_redrive_stream().await {
+                Ok(()) => self.js.redrive_consumer(names, descriptor).await.map(drop),
+                Err(e) => Err(e),
+            };
+            match bound {
+                Ok(()) => {
+                    let stream = &self.js.settings.topology.redrive_stream;
+                    if let Some(epoch) = self.js.stream_epoch_of(stream).await {
+                        self.epoch = epoch;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %names.redrive_durable, error = %e, "cannot bind the redrive consumer; trying again")
+                }
             }
             return;
         }
