@@ -3,26 +3,17 @@
 
 #[path = "../../tests/http_server/mod.rs"]
 mod http_server;
+mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use eda::testing::NatsServer;
 use http_server::{Answer, HttpServer};
+use support::eda_command;
 
 fn eda(args: &[&str]) -> Output {
     eda_command(args).output().expect("eda runs")
-}
-
-fn eda_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eda"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("EDA_") {
-            command.env_remove(name);
-        }
-    }
-    command.env("NO_COLOR", "1").args(args).stdin(Stdio::null());
-    command
 }
 
 fn text(output: &Output) -> String {

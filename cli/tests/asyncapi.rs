@@ -9,11 +9,13 @@
 //! saying so.
 #![allow(missing_docs, missing_debug_implementations)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use support::{eda_command, root, shop};
 
 use eda::prelude::*;
 use serde_json::Value;
@@ -21,53 +23,9 @@ use serde_json::Value;
 /// The parser version `scripts/test` installs.
 const PARSER: &str = "@asyncapi/parser@3.6.6";
 
-const SHOP: [&str; 4] = [
-    "shop_orders",
-    "shop_billing",
-    "shop_notifications",
-    "shop_analytics",
-];
-
-/// The workspace root.
-fn root() -> PathBuf {
-    let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
-    cli.parent().unwrap_or(cli).to_path_buf()
-}
-
-/// The four shop example binaries, built once.
-fn shop() -> &'static [String] {
-    static BUILT: OnceLock<Vec<String>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command.current_dir(root()).args(["build", "--quiet"]);
-        for example in SHOP {
-            command.args(["--example", example]);
-        }
-        let status = command.status().expect("cargo runs");
-        assert!(status.success(), "cargo build of the shop examples");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root().join("target"));
-        SHOP.iter()
-            .map(|example| {
-                let binary = target.join("debug/examples").join(example);
-                assert!(binary.is_file(), "{}", binary.display());
-                binary.to_string_lossy().into_owned()
-            })
-            .collect()
-    })
-}
-
-/// Runs the built `eda` binary with `args`, without any `EDA_*` variable of the caller.
+/// Runs the built `eda` binary with `args`.
 fn eda(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eda"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("EDA_") {
-            command.env_remove(name);
-        }
-    }
-    command.args(args).output().expect("eda runs")
+    eda_command(args).output().expect("eda runs")
 }
 
 /// `eda <args>`, which must succeed; its stdout.

@@ -3,13 +3,14 @@
 //! `permissions` on the `shop_billing` example binary.
 #![allow(missing_docs, missing_debug_implementations)]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+mod support;
+
+use std::process::Output;
 
 use eda::prelude::*;
 use eda::testing::{NatsServer, TestApp};
 use serde_json::Value;
+use support::{eda_command, shop_billing};
 
 const SERVICE: &str = "clitest";
 
@@ -62,16 +63,9 @@ async fn populated() -> (NatsServer, TestApp) {
     (server, app)
 }
 
-/// Runs the built `eda` binary with `args`, without any `EDA_*` variable of the caller.
+/// Runs the built `eda` binary with `args`.
 fn eda(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eda"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("EDA_") {
-            command.env_remove(name);
-        }
-    }
-    command.env("NO_COLOR", "1");
-    command.args(args).output().expect("eda runs")
+    eda_command(args).output().expect("eda runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -362,27 +356,6 @@ fn connection_problems_are_one_clear_line() {
             "{err}"
         );
     }
-}
-
-/// The `shop_billing` example, built once.
-fn shop_billing() -> &'static str {
-    static BUILT: OnceLock<String> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--quiet", "--example", "shop_billing"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build --example shop_billing");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(root).join("target"));
-        let binary = target.join("debug/examples/shop_billing");
-        assert!(binary.is_file(), "{}", binary.display());
-        binary.to_string_lossy().into_owned()
-    })
 }
 
 #[test]

@@ -9,51 +9,14 @@
 //! installs both). Without them the tests fail saying so.
 #![allow(missing_docs, missing_debug_implementations)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use support::{eda_command, shop, target_dir};
 
 use serde_json::Value;
-
-const SHOP: [&str; 4] = [
-    "shop_orders",
-    "shop_billing",
-    "shop_notifications",
-    "shop_analytics",
-];
-
-fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
-
-/// The four shop example binaries, built once.
-fn shop() -> &'static [String] {
-    static BUILT: OnceLock<Vec<String>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command.current_dir(root()).args(["build", "--quiet"]);
-        for example in SHOP {
-            command.args(["--example", example]);
-        }
-        let status = command.status().expect("cargo runs");
-        assert!(status.success(), "cargo build of the shop examples");
-        SHOP.iter()
-            .map(|example| {
-                let binary = target_dir().join("debug/examples").join(example);
-                assert!(binary.is_file(), "{}", binary.display());
-                binary.to_string_lossy().into_owned()
-            })
-            .collect()
-    })
-}
 
 /// Fails the test, saying how to install it, when `tool` does not run.
 fn require(tool: &str, probe: &str, package: &str) {
@@ -84,16 +47,11 @@ fn scratch(name: &str) -> PathBuf {
 /// Runs the built `eda` binary with `args` (no `EDA_*` variable of the caller), `path` as
 /// `PATH` when given.
 fn eda(args: &[&str], path: Option<&Path>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eda"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("EDA_") {
-            command.env_remove(name);
-        }
-    }
+    let mut command = eda_command(args);
     if let Some(path) = path {
         command.env("PATH", path);
     }
-    command.args(args).output().expect("eda runs")
+    command.output().expect("eda runs")
 }
 
 fn text(bytes: &[u8]) -> String {

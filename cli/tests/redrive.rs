@@ -4,6 +4,8 @@
 //! command is killed mid-run and started again; purge asks before it deletes.
 #![allow(missing_docs, missing_debug_implementations)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,17 +59,8 @@ async fn note(event: InvoiceSent) {
 
 /// Runs the built `eda` binary against `server`, without any `EDA_*` variable of the caller.
 fn eda_command(server: &NatsServer, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eda"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("EDA_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .env("NO_COLOR", "1")
-        .env("EDA_NATS_URL", server.url())
-        .args(args)
-        .stdin(Stdio::null());
+    let mut command = support::eda_command(args);
+    command.env("EDA_NATS_URL", server.url());
     command
 }
 

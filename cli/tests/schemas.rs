@@ -5,12 +5,13 @@
 //! servers without eda's streams or without the registry.
 #![allow(missing_docs, missing_debug_implementations)]
 
+mod support;
+
 #[path = "../../examples/shop/events.rs"]
 mod events;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use support::shop_billing;
 
 use eda::prelude::*;
 use eda::testing::{NatsServer, TestApp};
@@ -27,27 +28,6 @@ async fn on_bill(_event: BillCreated) {}
 pub struct ParcelSent {
     pub id: u64,
     pub weight_g: u64,
-}
-
-/// The `shop_billing` example, built once.
-fn shop_billing() -> &'static str {
-    static BUILT: OnceLock<String> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--quiet", "--example", "shop_billing"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build --example shop_billing");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(root).join("target"));
-        let binary = target.join("debug/examples/shop_billing");
-        assert!(binary.is_file(), "{}", binary.display());
-        binary.to_string_lossy().into_owned()
-    })
 }
 
 /// A script printing this test binary's catalog, as the binary of an eda app built from it
