@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::aggregate::EventStore;
+use crate::aggregate::{
+    EventStore, PendingProjection, ProjectionControl, ProjectionError, Rebuilt,
+};
 use crate::backend::{Backend, BackendChoice, Opened};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology, WireFormat};
@@ -54,6 +56,8 @@ pub struct App {
     emits: Vec<&'static str>,
     /// Aggregate types declared with [`AppBuilder::aggregate`] (for permissions).
     aggregates: Vec<&'static str>,
+    /// Projections given with [`AppBuilder::projection`], started with the app.
+    projections: Vec<PendingProjection>,
     /// `EDA_CATALOG=json`: print [`App::describe`] and exit instead of starting.
     print_catalog: bool,
 }
@@ -95,6 +99,7 @@ impl App {
             tripped: Vec::new(),
             emits: Vec::new(),
             aggregates: Vec::new(),
+            projections: Vec::new(),
             actions: Vec::new(),
         }
     }
@@ -170,7 +175,16 @@ impl App {
             Some(&only),
             &self.emits,
             &self.aggregates,
+            &self.projected(),
         )
+    }
+
+    /// The aggregate types this app's projections read.
+    fn projected(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = self.projections.iter().map(|p| p.kind).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds
     }
 
     /// Names of the handlers this app runs.
@@ -263,6 +277,13 @@ impl App {
                 crate::aggregate::forward::run(event_store.log(), Arc::clone(&transport), at);
             background.push(tokio::spawn(work).abort_handle());
         }
+        let mut projections = Vec::new();
+        for pending in self.projections {
+            let at = event_store.stream_address(pending.kind);
+            let (control, work) = pending.start(event_store.log(), at);
+            background.push(tokio::spawn(work).abort_handle());
+            projections.push(control);
+        }
         let actions = self
             .states
             .get::<crate::actions::Runner>()
@@ -290,6 +311,7 @@ impl App {
             metrics_addr,
             background,
             actions,
+            projections,
         })
     }
 
@@ -355,6 +377,7 @@ pub struct AppBuilder {
     tripped: Vec<String>,
     emits: Vec<&'static str>,
     aggregates: Vec<&'static str>,
+    projections: Vec<PendingProjection>,
     actions: Vec<std::path::PathBuf>,
 }
 
@@ -565,6 +588,15 @@ impl AppBuilder {
         self
     }
 
+    /// Runs `projection` with the app: a read model fed every append of its aggregate type in
+    /// order, from the position it keeps, and rebuilt with
+    /// [`RunningApp::rebuild_projection`] (see [`Projection`](crate::Projection)). Pass an
+    /// `Arc` of it to keep querying the model it builds.
+    pub fn projection<P: crate::aggregate::Projection>(mut self, projection: P) -> Self {
+        self.projections.push(PendingProjection::new(projection));
+        self
+    }
+
     /// Runs the triggers of an actions file (TOML) as handlers of this service: each calls
     /// HTTP services for its events, with the retries, dead letters, breakers and metrics of
     /// any handler (see [`crate::actions`]). Every problem of the file is reported by
@@ -595,6 +627,7 @@ impl AppBuilder {
                 Err(found) => problems.extend(found),
             }
         }
+        problems.extend(projection_problems(&self.projections));
         problems.extend(breaker_problems(&self.breakers, &self.tripped, &handlers));
         let (nats, env_problems, url_source) = if self.use_env {
             config::apply_env(self.nats, self.use_nats, self.memory.is_some(), &ProcessEnv)
@@ -655,6 +688,7 @@ impl AppBuilder {
             tripped: self.tripped,
             emits: self.emits,
             aggregates: self.aggregates,
+            projections: self.projections,
             print_catalog,
         })
     }
@@ -681,6 +715,23 @@ impl fmt::Debug for AppBuilder {
 
 /// Each configured breaker's mistakes, and the configured or tripped ones no handler names.
 /// The triggers of the actions files as handlers, and what they need at run time; a trigger
+/// Projection names must be tokens and unique.
+fn projection_problems(projections: &[PendingProjection]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, p) in projections.iter().enumerate() {
+        if let Err(why) = registry::check_plain_name("projection name", p.name) {
+            problems.push(why);
+        }
+        if projections[..i].iter().any(|q| q.name == p.name) {
+            problems.push(format!(
+                "projection `{}` is given twice: give each projection of an app its own `NAME`",
+                p.name
+            ));
+        }
+    }
+    problems
+}
+
 /// may not take a name another handler of the service has.
 fn load_actions(
     paths: &[std::path::PathBuf],
@@ -808,6 +859,8 @@ pub struct RunningApp {
     background: Vec<tokio::task::AbortHandle>,
     /// The triggers of its actions files, if it was given any.
     actions: Option<Arc<crate::actions::Runner>>,
+    /// Its projections, to ask for rebuilds.
+    projections: Vec<ProjectionControl>,
 }
 
 impl RunningApp {
@@ -824,6 +877,22 @@ impl RunningApp {
         };
         crate::actions::log_reload(&result);
         result
+    }
+
+    /// Rebuilds the projection `name` (see [`Projection`](crate::Projection)): calls its
+    /// `reset`, then applies every append of its aggregate type from the first, and resolves
+    /// once it has read everything the stream held (a read came back empty). The projection
+    /// keeps running afterwards. Fails if this app has no projection of that name, or if the
+    /// reset or an append fails (the projection then goes on trying from its position).
+    pub async fn rebuild_projection(
+        &self,
+        name: &str,
+    ) -> std::result::Result<Rebuilt, ProjectionError> {
+        let Some(control) = self.projections.iter().find(|p| p.name == name) else {
+            let known: Vec<&str> = self.projections.iter().map(|p| p.name).collect();
+            return Err(ProjectionError::unknown(name, &known));
+        };
+        control.rebuild().await
     }
 
     /// A publisher for this service's events.

@@ -42,13 +42,14 @@ mod layers;
 
 pub use aggregate::{
     Aggregate, AggregateEvents, EventStore, EventStoreError, EventStoreErrorKind, ExecuteError,
+    Projected, Projection, ProjectionError, Rebuilt,
 };
 pub use app::{App, AppBuilder, RunningApp, ServiceCatalog};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use config::{NatsAuth, NatsSettings, Topology, WireFormat};
 pub use delivery::HandlerStats;
 pub use dlq::{DeadLetter, DlqReason};
-pub use error::{Error, ErrorKind, PublishError, Result};
+pub use error::{BoxError, Error, ErrorKind, PublishError, Result};
 pub use event::{DecodeError, Envelope, Event, Metadata, RawEvent};
 pub use handler::{Context, FromContext, HandlerError, HandlerOptions, State};
 pub use lifecycle::wait_for_signal;

@@ -197,6 +197,15 @@ pub(crate) trait EventLog: Send + Sync + fmt::Debug + 'static {
         at: &'a LogAddress,
         durable: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>>;
+
+    /// A reader of the whole stream `at.stream` from the message after sequence `after` on,
+    /// whose position only it keeps (a projection stores its own with its read model):
+    /// acknowledging is a no-op, and a new reader starts where it is told.
+    fn read_stream<'a>(
+        &'a self,
+        at: &'a LogAddress,
+        after: u64,
+    ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>>;
 }
 
 /// One message of an aggregate type's stream as a [`LogFollower`] hands it over.
@@ -208,10 +217,12 @@ pub(crate) struct Followed {
     pub(crate) record: LogRecord,
 }
 
-/// A durable reader of an aggregate type's whole stream (the forwarder): messages come in
-/// stream order, and one not acknowledged comes again (after a while, or after a restart).
+/// A reader of an aggregate type's whole stream: messages come in stream order. A durable one
+/// (the forwarder's) hands out again what was not acknowledged (after a while, or after a
+/// restart); one from [`EventLog::read_stream`] never does.
 pub(crate) trait LogFollower: Send {
-    /// The next messages, waiting a little for some; empty when none came.
+    /// The next messages, waiting a little (under a second) for some; empty when none came:
+    /// the reader is at the end of the stream.
     fn next(&mut self) -> BoxFuture<'_, Result<Vec<Followed>, LogError>>;
     /// Done with message `sequence`: it is not delivered again.
     fn ack(&mut self, sequence: u64) -> BoxFuture<'_, Result<(), LogError>>;

@@ -7,11 +7,10 @@
 //! duplicate window. The events of an append of several are published once all are stored in
 //! a row, and never when another writer cut the append off (the rule loads follow).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::replay::parse_batch;
+use super::appends::{header, Appends};
 use crate::port::{EventLog, Followed, LogAddress, LogError, LogFollower, Outbound, Transport};
 use crate::wire;
 
@@ -34,7 +33,7 @@ pub(crate) async fn run(log: Arc<dyn EventLog>, transport: Arc<dyn Transport>, a
                 continue;
             }
         };
-        let mut held = Held::default();
+        let mut appends = Appends::default();
         'follow: loop {
             let batch = match follower.next().await {
                 Ok(batch) => batch,
@@ -44,7 +43,7 @@ pub(crate) async fn run(log: Arc<dyn EventLog>, transport: Arc<dyn Transport>, a
                 }
             };
             for followed in batch {
-                if let Err(e) = held.take(followed, &mut *follower, &*transport).await {
+                if let Err(e) = forward(&mut appends, followed, &mut *follower, &*transport).await {
                     warn(&at, &e, "cannot forward an event; trying again");
                     break 'follow;
                 }
@@ -62,110 +61,30 @@ fn warn(at: &LogAddress, error: &LogError, what: &str) {
     tracing::warn!(stream = %at.stream, error = %error, "{what}");
 }
 
-/// The beginnings of appends of several events, by aggregate subject, not complete yet.
-#[derive(Default)]
-struct Held {
-    appends: HashMap<String, Vec<Followed>>,
-}
-
-impl Held {
-    async fn take(
-        &mut self,
-        followed: Followed,
-        follower: &mut dyn LogFollower,
-        transport: &dyn Transport,
-    ) -> Result<(), LogError> {
-        let header = |name: &str| {
-            followed
-                .record
-                .headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        let sequence = followed.record.sequence;
-        let Some(name) = header(wire::EVENT) else {
-            tracing::warn!(sequence, subject = %followed.subject, "a message without `Eda-Event` on an aggregate stream is not an event eda appended; not forwarded");
-            return follower.ack(sequence).await;
-        };
-        let batch = header(wire::BATCH).and_then(|b| parse_batch(&b));
-        let already_held = self
-            .appends
-            .get(&followed.subject)
-            .is_some_and(|held| held.iter().any(|h| h.record.sequence == sequence));
-        if already_held {
-            // Delivered again while held (its ack wait ran out): it is held already.
-            return Ok(());
-        }
-        match batch {
-            None | Some((1, 1)) => {
-                self.cut(&followed.subject, follower).await?;
-                publish(&followed, &name, transport).await?;
-                follower.ack(sequence).await
-            }
-            Some((1, _)) => {
-                self.cut(&followed.subject, follower).await?;
-                self.appends
-                    .insert(followed.subject.clone(), vec![followed]);
-                Ok(())
-            }
-            Some((index, count)) => {
-                let next_of_held = self.appends.get(&followed.subject).is_some_and(|held| {
-                    held.len() + 1 == index as usize
-                        && held
-                            .last()
-                            .is_some_and(|last| last.record.sequence < sequence)
-                });
-                if !next_of_held {
-                    // A fragment of an append that was cut off: never counts.
-                    self.cut(&followed.subject, follower).await?;
-                    return follower.ack(sequence).await;
-                }
-                let subject = followed.subject.clone();
-                let Some(held) = self.appends.get_mut(&subject) else {
-                    return Ok(());
-                };
-                held.push(followed);
-                if index < count {
-                    return Ok(());
-                }
-                let complete = self.appends.remove(&subject).unwrap_or_default();
-                for event in &complete {
-                    let name = event
-                        .record
-                        .headers
-                        .iter()
-                        .find(|(n, _)| n == wire::EVENT)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default();
-                    publish(event, &name, transport).await?;
-                }
-                for event in &complete {
-                    follower.ack(event.record.sequence).await?;
-                }
-                Ok(())
-            }
-        }
+/// Forwards what `followed` completes and acknowledges what never counts.
+async fn forward(
+    appends: &mut Appends,
+    followed: Followed,
+    follower: &mut dyn LogFollower,
+    transport: &dyn Transport,
+) -> Result<(), LogError> {
+    let taken = appends.take(followed);
+    for sequence in taken.void {
+        follower.ack(sequence).await?;
     }
-
-    /// The append held for `subject` was cut off: its events never count; acknowledge them.
-    async fn cut(&mut self, subject: &str, follower: &mut dyn LogFollower) -> Result<(), LogError> {
-        if let Some(held) = self.appends.remove(subject) {
-            for event in held {
-                follower.ack(event.record.sequence).await?;
-            }
-        }
-        Ok(())
+    for event in &taken.complete {
+        publish(event, transport).await?;
     }
+    for event in &taken.complete {
+        follower.ack(event.record.sequence).await?;
+    }
+    Ok(())
 }
 
 /// Publishes one stored event to `events.<name>` with its id and time.
-async fn publish(
-    followed: &Followed,
-    name: &str,
-    transport: &dyn Transport,
-) -> Result<(), LogError> {
+async fn publish(followed: &Followed, transport: &dyn Transport) -> Result<(), LogError> {
     let record = &followed.record;
+    let name = header(followed, wire::EVENT).unwrap_or_default();
     let decoded = wire::decode(
         name,
         record.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -254,8 +173,8 @@ mod tests {
 
     #[tokio::test]
     async fn appends_cut_off_are_not_forwarded_and_complete_ones_are_once() {
-        let (published, mut acks, mut held) =
-            (Published::default(), Acks::default(), Held::default());
+        let (published, mut acks, mut appends) =
+            (Published::default(), Acks::default(), Appends::default());
         for followed in [
             message("agg.a.1", 1, None),
             message("agg.a.1", 2, Some("1/2")),
@@ -266,7 +185,9 @@ mod tests {
             message("agg.a.3", 6, Some("2/2")), // a fragment
             message("agg.a.3", 7, Some("1/3")), // held at the end
         ] {
-            held.take(followed, &mut acks, &published).await.unwrap();
+            forward(&mut appends, followed, &mut acks, &published)
+                .await
+                .unwrap();
         }
         assert_eq!(*published.0.lock().unwrap(), ["1", "4", "3", "5"]);
         let mut acked = acks.0.clone();

@@ -60,12 +60,16 @@
 //! # Ok(()) }
 //! ```
 
+mod appends;
 mod error;
 pub(crate) mod forward;
-mod replay;
+mod project;
+pub(crate) mod replay;
 mod store;
 
 pub use error::{EventStoreError, EventStoreErrorKind, ExecuteError};
+pub(crate) use project::{PendingProjection, ProjectionControl};
+pub use project::{Projected, Projection, ProjectionError, Rebuilt};
 pub use store::{EventStore, DEFAULT_MAX_ATTEMPTS, DEFAULT_SNAPSHOT_EVERY};
 
 use serde::de::DeserializeOwned;

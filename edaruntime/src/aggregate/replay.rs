@@ -108,7 +108,7 @@ impl<A: Aggregate> Replay<A> {
 }
 
 /// A stored message as one of `E`, with its place in an append of several.
-fn decode<E: AggregateEvents>(
+pub(crate) fn decode<E: AggregateEvents>(
     record: &LogRecord,
     at: &LogAddress,
 ) -> Result<(Option<(u32, u32)>, E), EventStoreError> {

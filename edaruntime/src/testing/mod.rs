@@ -1,9 +1,12 @@
 //! Test helpers: [`TestApp`] runs handlers on an in-memory broker and lets a test wait until
 //! everything settled; [`TestContext`] calls one handler function directly; [`NatsServer`] and
-//! [`NatsCluster`] run real `nats-server` processes for tests.
+//! [`NatsCluster`] run real `nats-server` processes for tests, [`PostgresServer`] a real
+//! PostgreSQL server.
 
 mod nats;
+mod postgres;
 pub use nats::{nats_server_binary, NatsCluster, NatsServer, TestServerError};
+pub use postgres::PostgresServer;
 
 use std::fmt;
 use std::sync::Arc;

@@ -69,7 +69,7 @@ pub fn nats_server_binary() -> Result<PathBuf, TestServerError> {
 }
 
 /// A free loopback port, not handed out before by this process.
-fn free_port() -> Result<u16, TestServerError> {
+pub(super) fn free_port() -> Result<u16, TestServerError> {
     static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let taken = TAKEN.get_or_init(Default::default);
     for _ in 0..100 {
@@ -92,10 +92,10 @@ fn free_port() -> Result<u16, TestServerError> {
 
 /// A fresh directory under the system's temporary directory, removed on drop.
 #[derive(Debug)]
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new(what: &str) -> Result<TempDir, TestServerError> {
+    pub(super) fn new(what: &str) -> Result<TempDir, TestServerError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, consumer, kv, stream::LastRawMessageErrorKind}
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::provision::Retention;
@@ -336,51 +336,127 @@ impl EventLog for JetStreamLog {
                         .map_err(|_| failed(what(), create))?,
                 },
             };
-            Ok(Box::new(JetStreamFollower {
-                consumer,
-                held: HashMap::new(),
-                subject: at.stream.clone(),
-            }) as Box<dyn LogFollower>)
+            JetStreamFollower::start(&consumer, &at.stream, true).await
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        at: &'a LogAddress,
+        after: u64,
+    ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>> {
+        Box::pin(async move {
+            let stream = self.stream(at).await?;
+            let mut name = String::from("eda_read_");
+            crate::random::push_hex(&mut name, 8);
+            let deliver_policy = match after {
+                0 => consumer::DeliverPolicy::All,
+                after => consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+            };
+            // Not durable: the reader's position is the caller's. Dropped by the server once
+            // unused for a while (a reader that stalls is started again where it was).
+            let config = consumer::pull::Config {
+                name: Some(name),
+                filter_subject: at.stream_subjects.clone(),
+                deliver_policy,
+                ack_policy: consumer::AckPolicy::None,
+                memory_storage: true,
+                num_replicas: 1,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            };
+            let consumer: consumer::PullConsumer = stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| failed(format!("cannot read stream `{}`", at.stream), e))?;
+            JetStreamFollower::start(&consumer, &at.stream, false).await
         })
     }
 }
 
-/// A durable pull consumer on an aggregate type's stream, and the messages it handed out
-/// that are not acknowledged yet.
+/// How long a follower waits for a first message before it says it has none.
+const FOLLOW_WAIT: Duration = Duration::from_millis(500);
+/// Messages a follower hands out at once, at most.
+const FOLLOW_BATCH: usize = 256;
+
+/// A pull consumer on an aggregate type's stream, read as a continuous stream of messages,
+/// and (when it acknowledges) the messages it handed out that are not acknowledged yet.
 struct JetStreamFollower {
-    consumer: consumer::PullConsumer,
+    messages: consumer::pull::Stream,
+    acks: bool,
     held: HashMap<u64, jetstream::Message>,
-    subject: String,
+    stream: String,
+}
+
+impl JetStreamFollower {
+    async fn start(
+        consumer: &consumer::PullConsumer,
+        stream: &str,
+        acks: bool,
+    ) -> Result<Box<dyn LogFollower>, LogError> {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(FOLLOW_BATCH)
+            .messages()
+            .await
+            .map_err(|e| failed(format!("cannot follow stream `{stream}`"), e))?;
+        Ok(Box::new(JetStreamFollower {
+            messages,
+            acks,
+            held: HashMap::new(),
+            stream: stream.to_owned(),
+        }))
+    }
+
+    fn keep(
+        &mut self,
+        message: Result<jetstream::Message, consumer::pull::MessagesError>,
+        out: &mut Vec<Followed>,
+    ) -> Result<(), LogError> {
+        let what = || format!("cannot follow stream `{}`", self.stream);
+        let message = message.map_err(|e| failed(what(), e))?;
+        let info = message.info().map_err(|e| failed(what(), e))?;
+        let sequence = info.stream_sequence;
+        out.push(Followed {
+            subject: message.subject.to_string(),
+            record: LogRecord {
+                sequence,
+                time: SystemTime::from(info.published),
+                headers: pairs(message.headers.as_ref()),
+                payload: message.payload.clone(),
+            },
+        });
+        if self.acks {
+            self.held.insert(sequence, message);
+        }
+        Ok(())
+    }
 }
 
 impl LogFollower for JetStreamFollower {
     fn next(&mut self) -> BoxFuture<'_, Result<Vec<Followed>, LogError>> {
         Box::pin(async move {
-            let what = || format!("cannot follow stream `{}`", self.subject);
-            let mut batch = self
-                .consumer
-                .fetch()
-                .max_messages(256)
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await
-                .map_err(|e| failed(what(), e))?;
             let mut out = Vec::new();
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| failed(what(), e))?;
-                let info = message.info().map_err(|e| failed(what(), e))?;
-                let sequence = info.stream_sequence;
-                let record = LogRecord {
-                    sequence,
-                    time: SystemTime::from(info.published),
-                    headers: pairs(message.headers.as_ref()),
-                    payload: message.payload.clone(),
-                };
-                out.push(Followed {
-                    subject: message.subject.to_string(),
-                    record,
-                });
-                self.held.insert(sequence, message);
+            // Waits for one message (a plain fetch would come back at once when there is
+            // none, and its caller would ask again and again), then takes what else is here.
+            let first = match tokio::time::timeout(FOLLOW_WAIT, self.messages.next()).await {
+                Err(_) => return Ok(out),
+                Ok(None) => {
+                    return Err(failed(
+                        format!("cannot follow stream `{}`", self.stream),
+                        "the consumer's messages ended",
+                    ))
+                }
+                Ok(Some(message)) => message,
+            };
+            self.keep(first, &mut out)?;
+            while out.len() < FOLLOW_BATCH {
+                match self.messages.next().now_or_never() {
+                    Some(Some(message)) => self.keep(message, &mut out)?,
+                    _ => break,
+                }
             }
             Ok(out)
         })

@@ -43,7 +43,7 @@ pub struct Permissions {
 /// println!("{block}");
 /// ```
 pub fn permissions(catalog: &Catalog, service: &str) -> Permissions {
-    permissions_for(catalog, service, &Topology::default(), None, &[], &[])
+    permissions_for(catalog, service, &Topology::default(), None, &[], &[], &[])
 }
 
 /// The handlers of `catalog` that `service` runs (all of them, or those `only` names).
@@ -59,7 +59,8 @@ fn handlers_of<'c>(
 }
 
 /// What [`permissions`] computes, for a topology, a selection of handlers, the events a
-/// service publishes outside its handlers and the aggregate types it stores (event sourcing).
+/// service publishes outside its handlers, the aggregate types it stores and those its
+/// projections read (event sourcing).
 pub(crate) fn permissions_for(
     catalog: &Catalog,
     service: &str,
@@ -67,6 +68,7 @@ pub(crate) fn permissions_for(
     only: Option<&[&'static str]>,
     emitted_outside_handlers: &[&'static str],
     aggregates: &[&'static str],
+    projected: &[&'static str],
 ) -> Permissions {
     let t = topology;
     let api = "$JS.API";
@@ -129,6 +131,9 @@ pub(crate) fn permissions_for(
         }
     }
     publish.extend(aggregate_permissions(topology, aggregates));
+    for subject in projection_permissions(topology, projected) {
+        push_unique(&mut publish, subject);
+    }
     emitted.sort_unstable();
     emitted.dedup();
     for event in emitted {
@@ -171,6 +176,28 @@ fn aggregate_permissions(t: &Topology, aggregates: &[&'static str]) -> Vec<Strin
             format!("{}.{kind}.*", t.aggregate_subject_prefix),
             format!("$KV.{snapshots}.{kind}.*"),
             format!("{api}.DIRECT.GET.KV_{snapshots}.$KV.{snapshots}.{kind}.*"),
+        ] {
+            push_unique(&mut publish, subject);
+        }
+    }
+    publish
+}
+
+/// What a projection reading an aggregate type's stream takes: the stream (created on first
+/// use), a short-lived consumer of the whole stream, and reads by subject (an append begun
+/// before the projection's position is read back).
+fn projection_permissions(t: &Topology, projected: &[&'static str]) -> Vec<String> {
+    let api = "$JS.API";
+    let mut publish = Vec::new();
+    for kind in projected {
+        let stream = format!("{}{}", t.aggregate_stream_prefix, kind.to_ascii_uppercase());
+        for subject in [
+            format!("{api}.STREAM.INFO.{stream}"),
+            format!("{api}.STREAM.CREATE.{stream}"),
+            format!("{api}.STREAM.MSG.GET.{stream}"),
+            format!("{api}.CONSUMER.CREATE.{stream}.>"),
+            format!("{api}.CONSUMER.MSG.NEXT.{stream}.*"),
+            format!("{api}.CONSUMER.DELETE.{stream}.*"),
         ] {
             push_unique(&mut publish, subject);
         }
@@ -303,6 +330,7 @@ mod tests {
             None,
             &[],
             &["account"],
+            &[],
         );
         for subject in [
             "$JS.API.STREAM.CREATE.EDA_AGG_ACCOUNT",
@@ -314,5 +342,30 @@ mod tests {
         ] {
             assert!(p.publish.contains(&subject.to_owned()), "{subject} in {p}");
         }
+    }
+
+    #[test]
+    fn a_projection_reads_its_aggregate_stream_and_nothing_more() {
+        let catalog = Catalog {
+            events: Vec::new(),
+            handlers: Vec::new(),
+        };
+        let p = permissions_for(
+            &catalog,
+            "reports",
+            &Topology::default(),
+            None,
+            &[],
+            &[],
+            &["account"],
+        );
+        assert!(
+            p.publish
+                .contains(&"$JS.API.CONSUMER.CREATE.EDA_AGG_ACCOUNT.>".to_owned()),
+            "{p}"
+        );
+        let text = p.to_string();
+        assert!(!text.contains("agg.account"), "no appends: {text}");
+        assert!(!text.contains("SNAPSHOTS"), "no snapshots: {text}");
     }
 }

@@ -127,26 +127,52 @@ impl EventLog for MemoryLog {
     ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>> {
         let follower = MemoryFollower {
             inner: Arc::clone(&self.inner),
-            key: (at.stream.clone(), durable.to_owned()),
+            stream: at.stream.clone(),
+            position: Position::Durable(durable.to_owned()),
+        };
+        Box::pin(async move { Ok(Box::new(follower) as Box<dyn LogFollower>) })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        at: &'a LogAddress,
+        after: u64,
+    ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>> {
+        let follower = MemoryFollower {
+            inner: Arc::clone(&self.inner),
+            stream: at.stream.clone(),
+            position: Position::Own(after),
         };
         Box::pin(async move { Ok(Box::new(follower) as Box<dyn LogFollower>) })
     }
 }
 
-/// A durable follower in memory: its position is kept by the broker, so a new follower of
+/// Where a follower is: kept by the broker under a durable name, or by the follower itself.
+enum Position {
+    Durable(String),
+    Own(u64),
+}
+
+/// A follower in memory. A durable one's position is kept by the broker, so a new follower of
 /// the same name goes on after what the last one was handed (the in-memory broker does not
 /// crash; what a stopped app held unacknowledged is not handed out again).
 struct MemoryFollower {
     inner: Arc<Inner>,
-    key: (String, String),
+    stream: String,
+    position: Position,
 }
 
 impl MemoryFollower {
-    fn take(&self) -> Vec<Followed> {
+    fn take(&mut self) -> Vec<Followed> {
         let streams = lock(&self.inner.streams);
         let mut positions = lock(&self.inner.positions);
-        let position = positions.entry(self.key.clone()).or_insert(0);
-        let Some(stream) = streams.get(&self.key.0) else {
+        let position = match &mut self.position {
+            Position::Durable(durable) => positions
+                .entry((self.stream.clone(), durable.clone()))
+                .or_insert(0),
+            Position::Own(position) => position,
+        };
+        let Some(stream) = streams.get(&self.stream) else {
             return Vec::new();
         };
         let from = stream.all.partition_point(|(_, r)| r.sequence <= *position);
@@ -167,7 +193,8 @@ impl MemoryFollower {
 impl LogFollower for MemoryFollower {
     fn next(&mut self) -> BoxFuture<'_, Result<Vec<Followed>, LogError>> {
         Box::pin(async move {
-            let appended = self.inner.appended.notified();
+            let inner = Arc::clone(&self.inner);
+            let appended = inner.appended.notified();
             let taken = self.take();
             if !taken.is_empty() {
                 return Ok(taken);
