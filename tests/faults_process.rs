@@ -142,11 +142,11 @@ async fn appender(url: String) {
     std::future::pending::<()>().await;
 }
 
-/// Every message of `stream`: (subject, `Nats-Msg-Id`, `Eda-Batch`).
-async fn stream_messages(
-    js: &jetstream::Context,
-    stream: &str,
-) -> Vec<(String, String, Option<String>)> {
+/// A stored message: (subject, `Nats-Msg-Id`, `Eda-Batch`).
+type Stored = (String, String, Option<String>);
+
+/// Every message of `stream`.
+async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
     let stream = js.get_stream(stream).await.unwrap();
     let last = stream.get_info().await.unwrap().state.last_sequence;
     let mut out = Vec::new();
@@ -210,7 +210,7 @@ async fn an_app_killed_between_append_and_forward_forwards_every_append_once() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let stored = stream_messages(&js, "EDA_AGG_BOOK").await;
-    let mut per_book: HashMap<&str, Vec<&(String, String, Option<String>)>> = HashMap::new();
+    let mut per_book: HashMap<&str, Vec<&Stored>> = HashMap::new();
     for message in &stored {
         per_book
             .entry(message.0.as_str())
