@@ -587,7 +587,25 @@ async fn rejections_and_unusable_ids_store_nothing(rig: Rig) {
         );
         assert!(error.to_string().contains("aggregate id"), "{error}");
     }
+    let error = store
+        .append::<BadlyNamed>("b-1", 0, &[])
+        .await
+        .expect_err("a type that cannot name a stream");
+    assert_eq!(
+        error.to_string(),
+        "aggregate type `Savings.Account` cannot name a stream: use one token of lowercase letters, digits, `_` and `-`, e.g. `account`"
+    );
     app.shutdown().await.expect("shutdown");
+}
+
+/// An aggregate whose type is not one lowercase token.
+#[derive(Default, Serialize, Deserialize)]
+pub struct BadlyNamed;
+
+impl Aggregate for BadlyNamed {
+    const TYPE: &'static str = "Savings.Account";
+    type Event = AccountEvent;
+    fn apply(&mut self, _: &AccountEvent) {}
 }
 
 // ---- from a handler -------------------------------------------------------------------------

@@ -374,3 +374,78 @@ async fn on_nats_the_postgres_read_model_equals_the_replayed_accounts_also_after
     );
     three.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_a_projection_works_with_exactly_the_generated_permissions() {
+    let projection = Arc::new(Recorded::default());
+    let block = eda::App::builder("reports")
+        .handlers(&[])
+        .projection(Arc::clone(&projection))
+        .build()
+        .expect("builds")
+        .permissions();
+    assert!(
+        block
+            .subscribe
+            .contains(&"eda.control.reports.rebuild".to_owned()),
+        "{block}"
+    );
+    let dir =
+        std::env::temp_dir().join(format!("eda-projection-permissions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let config = dir.join("server.conf");
+    std::fs::write(
+        &config,
+        format!("authorization: {{\n  users: [\n    {{ user: admin, password: admin }}\n    {{ user: reports, password: reports\n{block}\n    }}\n  ]\n}}\n"),
+    )
+    .expect("write the server configuration");
+    let server = eda::testing::NatsServer::start_with_args(&["-c", &config.to_string_lossy()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The writer (admin) stores the accounts; the reports service only reads them.
+    let writer = eda::testing::TestApp::builder("bank")
+        .nats(server.url())
+        .handlers(&[])
+        .configure(|b| b.nats_user_password("admin", "admin"))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = writer.app().event_store();
+    open(&store, "p-1").await;
+    let last = deposit(&store, "p-1", 3).await;
+    let reports = eda::testing::TestApp::builder("reports")
+        .nats(server.url())
+        .handlers(&[])
+        .configure(|b| {
+            b.nats_user_password("reports", "reports")
+                .projection(Arc::clone(&projection))
+        })
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("the service starts with its permissions: {e}"));
+    eventually(
+        "the projection read the stream with its permissions",
+        || position_of(&projection) == last,
+    )
+    .await;
+    // A rebuild asked over NATS (as `eda projections rebuild` does) is answered.
+    let client = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
+        .connect(server.url())
+        .await
+        .expect("admin connects");
+    let answer = client
+        .request(
+            eda::projection_rebuild_subject("reports"),
+            "recorded".into(),
+        )
+        .await
+        .expect("the service answers");
+    let rebuilt: Result<eda::Rebuilt, String> =
+        serde_json::from_slice(&answer.payload).expect("a rebuild result");
+    let rebuilt = rebuilt.expect("rebuilt");
+    assert_eq!((rebuilt.appends, rebuilt.position), (2, last));
+    assert_eq!(projection.resets.load(Ordering::SeqCst), 1);
+    reports.shutdown().await.expect("shutdown");
+    writer.shutdown().await.expect("shutdown");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,6 +24,7 @@ mod connect;
 mod dlq;
 mod graph;
 mod html;
+mod projections;
 mod redrive;
 mod schemas;
 mod status;
@@ -101,6 +102,11 @@ enum Command {
         run: RunArgs,
         #[command(flatten)]
         args: asyncapi::AsyncApiArgs,
+    },
+    /// Projections (event sourcing) of running services: rebuild one from the first event.
+    Projections {
+        #[command(subcommand)]
+        command: projections::ProjectionsCommand,
     },
     /// The schema registry on the server (`EDA_SCHEMAS`).
     Schemas {
@@ -215,6 +221,7 @@ fn main() -> ExitCode {
             run,
         } => catalog::permissions(&binary, service.as_deref(), run.timeout),
         Command::Status { nats, json } => block_on(status::status(nats, json)),
+        Command::Projections { command } => block_on(projections::run(command)),
         Command::Schemas {
             command:
                 SchemasCommand::Check {

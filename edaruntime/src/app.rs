@@ -284,6 +284,9 @@ impl App {
             background.push(tokio::spawn(work).abort_handle());
             projections.push(control);
         }
+        if let Some(serve) = backend.serve_rebuilds(&self.service, projections.clone()) {
+            background.push(tokio::spawn(serve).abort_handle());
+        }
         let actions = self
             .states
             .get::<crate::actions::Runner>()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::aggregate::{answer_rebuild, projection_rebuild_subject, ProjectionControl};
 use crate::config::NatsSettings;
 use crate::delivery::HandlerRuntime;
 use crate::dlq::DeadLetter;
@@ -15,7 +16,7 @@ use crate::event::RawEvent;
 use crate::idempotency::IdempotencyStore;
 use crate::lifecycle::Signals;
 use crate::port::{EventLog, Transport};
-use crate::transport::jetstream::JetStream;
+use crate::transport::jetstream::{Answer, JetStream};
 use crate::transport::memory::MemoryBroker;
 
 /// Where an app's events travel, as configured.
@@ -126,6 +127,28 @@ impl Backend {
                 js.check_next_schema(&mut schemas).await;
             }
         }))
+    }
+
+    /// On NATS: answering requests to rebuild the app's projections
+    /// ([`crate::projection_rebuild_subject`]) for as long as the app runs. In memory there is
+    /// no one else to ask: `RunningApp::rebuild_projection` is the way.
+    pub(crate) fn serve_rebuilds(
+        &self,
+        service: &str,
+        controls: Vec<ProjectionControl>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let Backend::Nats(js) = self else { return None };
+        if controls.is_empty() {
+            return None;
+        }
+        let controls = Arc::new(controls);
+        let answer: Answer = Arc::new(move |name| {
+            let controls = Arc::clone(&controls);
+            Box::pin(async move { answer_rebuild(&controls, &name).await })
+        });
+        Some(Box::pin(
+            Arc::clone(js).serve(projection_rebuild_subject(service), answer),
+        ))
     }
 
     /// Whether the app is connected to its broker (always, in memory).

@@ -41,8 +41,8 @@ mod private;
 mod layers;
 
 pub use aggregate::{
-    Aggregate, AggregateEvents, EventStore, EventStoreError, EventStoreErrorKind, ExecuteError,
-    Projected, Projection, ProjectionError, Rebuilt,
+    projection_rebuild_subject, Aggregate, AggregateEvents, EventStore, EventStoreError,
+    EventStoreErrorKind, ExecuteError, Projected, Projection, ProjectionError, Rebuilt,
 };
 pub use app::{App, AppBuilder, RunningApp, ServiceCatalog};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};

@@ -68,8 +68,8 @@ pub(crate) mod replay;
 mod store;
 
 pub use error::{EventStoreError, EventStoreErrorKind, ExecuteError};
-pub(crate) use project::{PendingProjection, ProjectionControl};
-pub use project::{Projected, Projection, ProjectionError, Rebuilt};
+pub(crate) use project::{answer_rebuild, PendingProjection, ProjectionControl};
+pub use project::{projection_rebuild_subject, Projected, Projection, ProjectionError, Rebuilt};
 pub use store::{EventStore, DEFAULT_MAX_ATTEMPTS, DEFAULT_SNAPSHOT_EVERY};
 
 use serde::de::DeserializeOwned;

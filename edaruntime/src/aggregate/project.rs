@@ -162,7 +162,7 @@ pub struct Projected<E> {
 }
 
 /// What a rebuild did (see [`RunningApp::rebuild_projection`](crate::RunningApp::rebuild_projection)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Rebuilt {
     /// Appends applied from the first, up to where the stream ended when the rebuild caught up.
@@ -211,6 +211,29 @@ impl std::error::Error for ProjectionError {
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
+}
+
+/// The subject on which the instances of a service with projections answer requests to rebuild
+/// one (`eda.control.<service>.rebuild`, one instance answering each, on NATS): the request's
+/// payload is the projection's name, the answer JSON, `{"Ok":{"appends":N,"position":P}}` or
+/// `{"Err":"why"}` (a `Result<Rebuilt, String>`). `eda projections rebuild` asks there.
+pub fn projection_rebuild_subject(service: &str) -> String {
+    format!("eda.control.{service}.rebuild")
+}
+
+/// Answers a rebuild request (`name` is the projection's name) with the JSON of
+/// [`projection_rebuild_subject`].
+pub(crate) async fn answer_rebuild(controls: &[ProjectionControl], name: &[u8]) -> Vec<u8> {
+    let name = String::from_utf8_lossy(name);
+    let result: Result<Rebuilt, String> = match controls.iter().find(|c| c.name == name) {
+        Some(control) => control.rebuild().await.map_err(|e| e.to_string()),
+        None => {
+            let known: Vec<&str> = controls.iter().map(|c| c.name).collect();
+            Err(ProjectionError::unknown(&name, &known).to_string())
+        }
+    };
+    // A `Result` of a plain struct and a string always serializes.
+    serde_json::to_vec(&result).unwrap_or_default()
 }
 
 /// A rebuild asked of a running projection, answered once it caught up (or failed).

@@ -47,7 +47,35 @@ impl fmt::Debug for JetStream {
     }
 }
 
+/// Answers one request's payload.
+pub(crate) type Answer =
+    Arc<dyn Fn(bytes::Bytes) -> futures_util::future::BoxFuture<'static, Vec<u8>> + Send + Sync>;
+
 impl JetStream {
+    /// Answers the requests on `subject` with `answer`, one at a time, for as long as it runs;
+    /// the instances of a service share the subscription (queue group `eda`), so one answers
+    /// each request.
+    pub(crate) async fn serve(self: Arc<Self>, subject: String, answer: Answer) {
+        let mut requests = match self
+            .client
+            .queue_subscribe(subject.clone(), "eda".into())
+            .await
+        {
+            Ok(requests) => requests,
+            Err(e) => {
+                tracing::warn!(subject = %subject, error = %e, "cannot listen for control requests");
+                return;
+            }
+        };
+        while let Some(request) = futures_util::StreamExt::next(&mut requests).await {
+            let Some(reply) = request.reply else { continue };
+            let answered = answer(request.payload).await;
+            if let Err(e) = self.client.publish(reply, answered.into()).await {
+                tracing::warn!(subject = %subject, error = %e, "cannot answer a control request");
+            }
+        }
+    }
+
     /// Whether the connection is up now.
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)

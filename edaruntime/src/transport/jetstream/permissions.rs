@@ -134,6 +134,12 @@ pub(crate) fn permissions_for(
     for subject in projection_permissions(topology, projected) {
         push_unique(&mut publish, subject);
     }
+    let mut control = Vec::new();
+    if !projected.is_empty() {
+        // Answering `eda projections rebuild`: its requests, and replies to their inboxes.
+        control.push(crate::aggregate::projection_rebuild_subject(service));
+        push_unique(&mut publish, "_INBOX.>".to_owned());
+    }
     emitted.sort_unstable();
     emitted.dedup();
     for event in emitted {
@@ -142,7 +148,7 @@ pub(crate) fn permissions_for(
     Permissions {
         service: service.to_owned(),
         publish,
-        subscribe: vec!["_INBOX.>".to_owned()],
+        subscribe: [vec!["_INBOX.>".to_owned()], control].concat(),
         undeclared,
     }
 }
@@ -364,6 +370,7 @@ mod tests {
                 .contains(&"$JS.API.CONSUMER.CREATE.EDA_AGG_ACCOUNT.>".to_owned()),
             "{p}"
         );
+        assert_eq!(p.subscribe, ["_INBOX.>", "eda.control.reports.rebuild"]);
         let text = p.to_string();
         assert!(!text.contains("agg.account"), "no appends: {text}");
         assert!(!text.contains("SNAPSHOTS"), "no snapshots: {text}");
