@@ -14,17 +14,20 @@ use crate::aggregate::{
 use crate::backend::{Backend, BackendChoice, Opened};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::config::{self, Env, NatsAuth, NatsSettings, ProcessEnv, Topology, WireFormat};
-use crate::delivery::{HandlerRuntime, HandlerStats};
+use crate::delivery::{HandlerStats, RuntimeSet};
 use crate::dlq::DeadLetter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
-use crate::handler::{HandlerDescriptor, Scope, StateMap};
+use crate::handler::{HandlerDescriptor, StateMap};
 use crate::lifecycle::{self, Lifecycle};
+
+mod triggers;
 use crate::observe::{self, Readiness};
 use crate::publish::Publisher;
 use crate::registry::{self, Catalog};
 use crate::transport::jetstream::permissions::{permissions_for, Permissions};
 use crate::transport::memory::MemoryBroker;
+use triggers::{Binder, Triggers};
 
 pub use crate::lifecycle::wait_for_signal;
 
@@ -202,9 +205,9 @@ impl App {
             println!("{json}");
             std::process::exit(0);
         }
-        let lifecycle = Lifecycle::new();
+        let lifecycle = Arc::new(Lifecycle::new());
         let mut tasks = JoinSet::new();
-        let mut runtimes = Vec::new();
+        let runtimes = RuntimeSet::default();
         // The recorder goes in before any handle is created, or the handles record nowhere.
         let listener = match self.metrics_addr {
             Some(addr) => {
@@ -237,24 +240,41 @@ impl App {
             crate::observe::PublishMetrics::of(name);
         }
         let breakers = self.breakers();
+        let binder = Binder {
+            backend: backend.clone(),
+            transport: Arc::clone(&transport),
+            store,
+            publisher: publisher.clone(),
+            states,
+            breakers: breakers.clone(),
+        };
+        let runner = self
+            .states
+            .get::<crate::actions::Runner>()
+            .map(|s| Arc::clone(s.arc()));
+        let triggers = runner.map(|runner| {
+            let others = self
+                .handlers
+                .iter()
+                .filter(|h| !runner.has_trigger(h.name))
+                .map(|h| h.name)
+                .collect();
+            Arc::new(Triggers::new(
+                runner,
+                binder.clone(),
+                Arc::clone(&lifecycle),
+                runtimes.clone(),
+                others,
+                self.shutdown_timeout,
+            ))
+        });
         for descriptor in &self.handlers {
-            let scope = Arc::new(Scope {
-                handler: descriptor.name.to_owned(),
-                emits: descriptor.emits,
-                publisher: publisher.clone(),
-                states: states.clone(),
-            });
-            let runtime = Arc::new(HandlerRuntime::new(
-                descriptor,
-                scope,
-                Arc::clone(&transport),
-                Arc::clone(&store),
-                descriptor
-                    .options
-                    .breaker
-                    .and_then(|name| breakers.iter().find(|b| b.name() == name).cloned()),
-            ));
-            let consume = backend.bind(&runtime, lifecycle.signals()).await?;
+            // A trigger of an actions file is a consumer of its own, which a reload can stop.
+            if let Some(triggers) = triggers.as_ref().filter(|t| t.runs(descriptor.name)) {
+                triggers.start(descriptor).await?;
+                continue;
+            }
+            let (runtime, consume) = binder.bind(descriptor, lifecycle.signals()).await?;
             tasks.spawn(consume);
             runtimes.push(runtime);
         }
@@ -287,12 +307,8 @@ impl App {
         if let Some(serve) = backend.serve_rebuilds(&self.service, projections.clone()) {
             background.push(tokio::spawn(serve).abort_handle());
         }
-        let actions = self
-            .states
-            .get::<crate::actions::Runner>()
-            .map(|s| Arc::clone(s.arc()));
-        if let Some(runner) = &actions {
-            let reload = crate::actions::reload_on_hangup(Arc::clone(runner)).map_err(|e| {
+        if let Some(triggers) = &triggers {
+            let reload = triggers::reload_on_hangup(Arc::clone(triggers)).map_err(|e| {
                 Error::with_source(
                     ErrorKind::Io,
                     format!("cannot listen for SIGHUP (actions reload): {e}"),
@@ -313,7 +329,7 @@ impl App {
             shutdown_timeout: self.shutdown_timeout,
             metrics_addr,
             background,
-            actions,
+            triggers,
             projections,
         })
     }
@@ -810,11 +826,11 @@ fn breaker_problems(
 /// listed, and do not make the app unready: the process is fine, its downstream is not.
 fn readiness_probe(
     backend: &Backend,
-    runtimes: &[Arc<HandlerRuntime>],
+    runtimes: &RuntimeSet,
     breakers: &[Breaker],
 ) -> observe::ReadinessProbe {
     let backend = backend.clone();
-    let runtimes = runtimes.to_vec();
+    let runtimes = runtimes.clone();
     let breakers = breakers.to_vec();
     Arc::new(move || Readiness {
         open_breakers: breakers
@@ -824,6 +840,7 @@ fn readiness_probe(
             .collect(),
         connected: backend.is_connected(),
         unbound: runtimes
+            .snapshot()
             .iter()
             .filter(|r| !r.bound.load(Ordering::SeqCst))
             .map(|r| r.durable().to_owned())
@@ -852,30 +869,34 @@ pub struct RunningApp {
     publisher: Publisher,
     event_store: EventStore,
     backend: Backend,
-    runtimes: Vec<Arc<HandlerRuntime>>,
+    runtimes: RuntimeSet,
     breakers: Vec<Breaker>,
-    lifecycle: Lifecycle,
+    lifecycle: Arc<Lifecycle>,
     tasks: JoinSet<()>,
     shutdown_timeout: Duration,
     metrics_addr: Option<SocketAddr>,
     /// The HTTP listener and the consumer-backlog poller, stopped at shutdown.
     background: Vec<tokio::task::AbortHandle>,
     /// The triggers of its actions files, if it was given any.
-    actions: Option<Arc<crate::actions::Runner>>,
+    triggers: Option<Arc<Triggers>>,
     /// Its projections, to ask for rebuilds.
     projections: Vec<ProjectionControl>,
 }
 
 impl RunningApp {
-    /// Reads the app's actions files again, as SIGHUP does: triggers whose actions changed
-    /// run the new ones from their next event; a file with errors changes nothing (its
-    /// problems are the error). Triggers added or removed, or with another event, retries,
-    /// concurrency, breaker or `emit`, need a restart: the report names them.
-    pub fn reload_actions(
+    /// Reads the app's actions files again and applies them, as SIGHUP does; a file with
+    /// errors changes nothing (its problems are the error). Triggers whose actions changed run
+    /// the new ones from their next event; new triggers start; removed ones stop taking
+    /// events and finish those in flight (up to the shutdown timeout); triggers with other
+    /// retries, concurrency, breaker or `emit` are stopped that way and started again. A
+    /// trigger with another event, or naming a breaker the app did not start with, is left as
+    /// it was (`need_restart` says why). A removed trigger's durable consumer stays on the
+    /// server, as a handler's does when it leaves the code.
+    pub async fn reload_actions(
         &self,
     ) -> std::result::Result<crate::actions::Reloaded, crate::actions::ActionsError> {
-        let result = match &self.actions {
-            Some(runner) => runner.reload(),
+        let result = match &self.triggers {
+            Some(triggers) => triggers.reload().await,
             None => Ok(crate::actions::Reloaded::default()),
         };
         crate::actions::log_reload(&result);
@@ -933,7 +954,9 @@ impl RunningApp {
     /// message pending or unacknowledged and the streams stopped growing, for at most
     /// [`SETTLE_LIMIT`] (then it logs a warning and returns).
     pub async fn settle(&self) {
-        self.backend.settle(&self.runtimes, SETTLE_LIMIT).await;
+        self.backend
+            .settle(&self.runtimes.snapshot(), SETTLE_LIMIT)
+            .await;
     }
 
     /// Every dead letter the broker holds (on NATS: the whole dead-letter stream, every
@@ -950,6 +973,7 @@ impl RunningApp {
     /// What the handler `name` has done so far, if this app runs it.
     pub fn stats(&self, name: &str) -> Option<HandlerStats> {
         self.runtimes
+            .snapshot()
             .iter()
             .find(|r| r.descriptor.name == name)
             .map(|r| r.stats())
@@ -969,14 +993,22 @@ impl RunningApp {
         for task in &self.background {
             task.abort();
         }
+        let triggers = self.triggers.clone();
+        let finished = || async {
+            if let Some(triggers) = &triggers {
+                triggers.finished().await;
+            }
+        };
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
             while self.tasks.join_next().await.is_some() {}
+            finished().await;
         })
         .await;
         if drained.is_err() {
             tracing::warn!(service = %self.service(), "shutdown timeout reached; stopping in-flight handlers");
             self.lifecycle.stop();
             while self.tasks.join_next().await.is_some() {}
+            finished().await;
         }
         self.backend.close().await;
         tracing::info!(service = %self.service(), "stopped");
@@ -997,7 +1029,7 @@ impl fmt::Debug for RunningApp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunningApp")
             .field("service", &self.service())
-            .field("handlers", &self.runtimes.len())
+            .field("handlers", &self.runtimes.snapshot().len())
             .finish()
     }
 }

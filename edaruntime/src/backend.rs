@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 
 use crate::aggregate::{answer_rebuild, projection_rebuild_subject, ProjectionControl};
 use crate::config::NatsSettings;
-use crate::delivery::HandlerRuntime;
+use crate::delivery::{HandlerRuntime, RuntimeSet};
 use crate::dlq::DeadLetter;
 use crate::error::Result;
 use crate::event::RawEvent;
@@ -103,18 +103,15 @@ impl Backend {
     /// Work the backend does beside consuming while the app runs (on NATS: reading each
     /// consumer's backlog into the gauges and its acknowledged position, and one of this
     /// binary's schema registry entries, checked against its fingerprint).
-    pub(crate) fn background(
-        &self,
-        runtimes: &[Arc<HandlerRuntime>],
-    ) -> Option<BoxFuture<'static, ()>> {
+    pub(crate) fn background(&self, runtimes: &RuntimeSet) -> Option<BoxFuture<'static, ()>> {
         let Backend::Nats(js) = self else { return None };
-        let (js, runtimes) = (Arc::clone(js), runtimes.to_vec());
+        let (js, runtimes) = (Arc::clone(js), runtimes.clone());
         Some(Box::pin(async move {
             let mut ticks = tokio::time::interval(BACKLOG_POLL);
             let mut schemas = js.schema_watch();
             loop {
                 ticks.tick().await;
-                for runtime in &runtimes {
+                for runtime in &runtimes.snapshot() {
                     if let Ok(backlog) = js.pending(runtime.durable()).await {
                         runtime
                             .metrics

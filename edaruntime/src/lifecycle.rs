@@ -30,6 +30,16 @@ impl Lifecycle {
     pub(crate) fn signals(&self) -> Signals {
         Signals {
             rx: self.phase.subscribe(),
+            own: None,
+        }
+    }
+
+    /// The app's signals, also following `own`: a consumer that drains when the app does, or
+    /// when `own` is drained alone.
+    pub(crate) fn signals_with(&self, own: &Lifecycle) -> Signals {
+        Signals {
+            rx: self.phase.subscribe(),
+            own: Some(own.phase.subscribe()),
         }
     }
 
@@ -44,10 +54,12 @@ impl Lifecycle {
     }
 }
 
-/// What consume loops watch to know when to stop.
+/// What consume loops watch to know when to stop: an app's phase, and, for a consumer that can
+/// be stopped on its own (an actions trigger a reload removes), its own.
 #[derive(Debug, Clone)]
 pub(crate) struct Signals {
     rx: watch::Receiver<Phase>,
+    own: Option<watch::Receiver<Phase>>,
 }
 
 impl Signals {
@@ -64,9 +76,23 @@ impl Signals {
     }
 
     fn phase(&self, phase: Phase) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.rx.clone();
+        let (mut rx, own) = (self.rx.clone(), self.own.clone());
         async move {
-            let _ = rx.wait_for(|p| *p >= phase).await;
+            let app = async move {
+                let _ = rx.wait_for(|p| *p >= phase).await;
+            };
+            match own {
+                None => app.await,
+                Some(mut own) => {
+                    let own = async move {
+                        let _ = own.wait_for(|p| *p >= phase).await;
+                    };
+                    tokio::select! {
+                        () = app => {}
+                        () = own => {}
+                    }
+                }
+            }
         }
     }
 }

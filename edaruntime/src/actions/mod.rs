@@ -189,37 +189,7 @@ impl Actions {
     /// The handler descriptors of the triggers, for an app (leaked: an app keeps its handlers
     /// for the life of the process).
     pub(crate) fn descriptors(&self) -> Vec<&'static HandlerDescriptor> {
-        self.triggers
-            .iter()
-            .map(|t| -> &'static HandlerDescriptor {
-                let defaults = HandlerOptions::default();
-                let calls: Duration = t.actions.iter().map(|a| a.timeout).sum();
-                let emits: Vec<&'static str> = t
-                    .actions
-                    .iter()
-                    .filter_map(|a| a.emit.as_deref())
-                    .map(leak)
-                    .collect();
-                Box::leak(Box::new(HandlerDescriptor {
-                    name: leak(&t.name),
-                    subject: leak(&t.event),
-                    service: None,
-                    event: None,
-                    options: HandlerOptions {
-                        retries: t.retries.unwrap_or(defaults.retries),
-                        concurrency: t.concurrency.unwrap_or(defaults.concurrency),
-                        breaker: t.breaker.as_deref().map(leak),
-                        // Every call may take its whole timeout, and a little more.
-                        timeout: (calls + Duration::from_secs(5)).max(defaults.timeout),
-                        ..defaults
-                    },
-                    emits: Some(Box::leak(emits.into_boxed_slice())),
-                    requirements: &[],
-                    invoke,
-                    module_path: "actions",
-                }))
-            })
-            .collect()
+        self.triggers.iter().map(descriptor).collect()
     }
 
     /// What the triggers need at run time: themselves by name and one HTTP client (one
@@ -252,6 +222,37 @@ impl Actions {
     }
 }
 
+/// The handler descriptor of trigger `t` (leaked: an app keeps its handlers for the life of
+/// the process; a reload leaks the few it starts).
+fn descriptor(t: &Trigger) -> &'static HandlerDescriptor {
+    let defaults = HandlerOptions::default();
+    let calls: Duration = t.actions.iter().map(|a| a.timeout).sum();
+    let emits: Vec<&'static str> = t
+        .actions
+        .iter()
+        .filter_map(|a| a.emit.as_deref())
+        .map(leak)
+        .collect();
+    Box::leak(Box::new(HandlerDescriptor {
+        name: leak(&t.name),
+        subject: leak(&t.event),
+        service: None,
+        event: None,
+        options: HandlerOptions {
+            retries: t.retries.unwrap_or(defaults.retries),
+            concurrency: t.concurrency.unwrap_or(defaults.concurrency),
+            breaker: t.breaker.as_deref().map(leak),
+            // Every call may take its whole timeout, and a little more.
+            timeout: (calls + Duration::from_secs(5)).max(defaults.timeout),
+            ..defaults
+        },
+        emits: Some(Box::leak(emits.into_boxed_slice())),
+        requirements: &[],
+        invoke,
+        module_path: "actions",
+    }))
+}
+
 fn leak(text: &str) -> &'static str {
     Box::leak(text.to_owned().into_boxed_str())
 }
@@ -274,11 +275,24 @@ impl Runner {
             .cloned()
     }
 
-    /// Reads the files again. A file with errors changes nothing (the errors are returned and
-    /// logged). A trigger whose actions changed (URL, method, headers, body, timeout, emit)
-    /// runs the new ones from its next event; a trigger added, removed, or with another
-    /// event, retries, concurrency or breaker needs a restart, and is named in the report.
-    pub(crate) fn reload(&self) -> Result<Reloaded, ActionsError> {
+    /// Whether `name` is one of the loaded triggers.
+    pub(crate) fn has_trigger(&self, name: &str) -> bool {
+        self.trigger(name).is_some()
+    }
+
+    /// Reads the files again and says what to change. A file with errors changes nothing (the
+    /// errors are returned and logged). A trigger whose actions changed (URL, method, headers,
+    /// body, timeout) runs the new ones from its next event; a new trigger is to be started; a
+    /// removed one, to be stopped after draining (then [`Runner::forget`] it); one with other
+    /// retries, concurrency, breaker or `emit`, both. A trigger with another event keeps
+    /// running as it was: its durable consumer reads the old subject (rename the trigger).
+    /// `handlers` are the app's other handlers (a trigger may not take a name of theirs),
+    /// `breakers` the breakers the app has.
+    pub(crate) fn reload(
+        &self,
+        handlers: &[&str],
+        breakers: &[&str],
+    ) -> Result<ReloadPlan, ActionsError> {
         let mut loaded: Option<Actions> = None;
         for path in &self.paths {
             let actions = Actions::load(path)?;
@@ -288,38 +302,77 @@ impl Runner {
             }
         }
         let Some(loaded) = loaded else {
-            return Ok(Reloaded::default());
+            return Ok(ReloadPlan::default());
         };
-        let mut report = Reloaded::default();
+        let problems: Vec<String> = loaded
+            .triggers
+            .iter()
+            .filter(|t| handlers.contains(&t.name.as_str()))
+            .map(|t| format!("trigger `{}` has the name of a handler of this service: rename one (a name names the durable consumer)", t.name))
+            .collect();
+        if !problems.is_empty() {
+            return Err(ActionsError { problems });
+        }
+        let mut plan = ReloadPlan::default();
         let mut triggers = self
             .triggers
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let kept: Vec<String> = loaded.triggers.iter().map(|t| t.name.clone()).collect();
         for new in loaded.triggers {
-            match triggers.get(&new.name) {
-                None => report.need_restart.push(format!("`{}` is new", new.name)),
-                Some(old) if !old.same_consumer(&new) => report.need_restart.push(format!(
-                    "`{}` changed its event, retries, concurrency or breaker",
-                    new.name
-                )),
-                Some(_) => {
-                    report.updated.push(new.name.clone());
-                    triggers.insert(new.name.clone(), Arc::new(new));
-                }
+            let name = new.name.clone();
+            if let Some(breaker) = new.breaker.as_deref().filter(|b| !breakers.contains(b)) {
+                plan.report.need_restart.push(format!(
+                    "`{name}` names breaker `{breaker}`, which this app did not start with"
+                ));
+                continue;
             }
+            match triggers.get(&name) {
+                None => {
+                    plan.start.push(descriptor(&new));
+                    plan.report.started.push(name.clone());
+                }
+                Some(old) if old.event != new.event => {
+                    plan.report.need_restart.push(format!(
+                        "`{name}` changed its event (`{}` to `{}`): its durable consumer reads the old subject; give the trigger a new name",
+                        old.event, new.event
+                    ));
+                    continue;
+                }
+                Some(old) if !old.same_consumer(&new) => {
+                    plan.stop.push(name.clone());
+                    plan.start.push(descriptor(&new));
+                    plan.report.restarted.push(name.clone());
+                }
+                Some(_) => plan.report.updated.push(name.clone()),
+            }
+            triggers.insert(name, Arc::new(new));
         }
         for name in triggers.keys() {
-            if !report.updated.contains(name)
-                && !report
-                    .need_restart
-                    .iter()
-                    .any(|r| r.starts_with(&format!("`{name}`")))
-            {
-                report.need_restart.push(format!("`{name}` was removed"));
+            if !kept.contains(name) {
+                plan.stop.push(name.clone());
+                plan.report.stopped.push(name.clone());
             }
         }
-        Ok(report)
+        Ok(plan)
     }
+
+    /// Forgets trigger `name` once its consumer stopped (a reload removed it).
+    pub(crate) fn forget(&self, name: &str) {
+        self.triggers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+}
+
+/// What a reload changes in a running app: the report, the triggers to start and those to
+/// stop (a trigger in both is stopped first).
+#[derive(Debug, Default)]
+pub(crate) struct ReloadPlan {
+    pub(crate) report: Reloaded,
+    pub(crate) start: Vec<&'static HandlerDescriptor>,
+    pub(crate) stop: Vec<String>,
 }
 
 /// What [`Runner::reload`] did.
@@ -327,34 +380,24 @@ impl Runner {
 pub struct Reloaded {
     /// Triggers that run their new actions from their next event.
     pub updated: Vec<String>,
-    /// Changes that take effect only when the service restarts, one line each.
+    /// New triggers, started.
+    pub started: Vec<String>,
+    /// Triggers with other retries, concurrency, breaker or `emit`: stopped after draining,
+    /// and started again with them.
+    pub restarted: Vec<String>,
+    /// Triggers no longer in the files, stopped after draining.
+    pub stopped: Vec<String>,
+    /// Changes not applied, one line each, with why and what to do.
     pub need_restart: Vec<String>,
-}
-
-/// Reloads on SIGHUP for as long as the app runs (a file with errors keeps the loaded
-/// triggers, and says why).
-pub(crate) fn reload_on_hangup(
-    runner: Arc<Runner>,
-) -> std::io::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    Ok(async move {
-        #[cfg(unix)]
-        while hangups.recv().await.is_some() {
-            log_reload(&runner.reload());
-        }
-        #[cfg(not(unix))]
-        std::future::pending::<()>().await;
-    })
 }
 
 /// Logs what a reload did.
 pub(crate) fn log_reload(result: &Result<Reloaded, ActionsError>) {
     match result {
         Ok(report) => {
-            tracing::info!(updated = ?report.updated, "reloaded the actions files");
+            tracing::info!(updated = ?report.updated, started = ?report.started, restarted = ?report.restarted, stopped = ?report.stopped, "reloaded the actions files");
             for line in &report.need_restart {
-                tracing::warn!("actions reload: trigger {line}: restart the service to apply it");
+                tracing::warn!("actions reload: trigger {line}: not applied");
             }
         }
         Err(e) => {

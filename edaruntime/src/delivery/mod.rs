@@ -27,5 +27,5 @@ mod settlement;
 
 pub use crate::dlq::{DeadLetter, DlqReason};
 pub use decide::{backoff_delay, decide, Decision, Outcome};
-pub(crate) use runtime::HandlerRuntime;
 pub use runtime::HandlerStats;
+pub(crate) use runtime::{HandlerRuntime, RuntimeSet};

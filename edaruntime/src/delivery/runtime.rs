@@ -632,3 +632,34 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         "a non-string panic payload".to_owned()
     }
 }
+
+/// The handler runtimes an app runs now: fixed at start, but for the triggers of its actions
+/// files, which a reload starts and stops. Readiness, the backlog poller and `settle` read it
+/// each time.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RuntimeSet(Arc<std::sync::RwLock<Vec<Arc<HandlerRuntime>>>>);
+
+impl RuntimeSet {
+    /// The runtimes now.
+    pub(crate) fn snapshot(&self) -> Vec<Arc<HandlerRuntime>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn push(&self, runtime: Arc<HandlerRuntime>) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(runtime);
+    }
+
+    /// Takes out the runtime of handler `name` (one at most: names are unique in an app).
+    pub(crate) fn remove(&self, name: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|r| r.descriptor.name != name);
+    }
+}
