@@ -25,8 +25,8 @@
 //! letters: messages show the URL as written, with its `${..}`).
 //!
 //! What a call's outcome means: a 2xx answer is success; connection errors, timeouts, 5xx,
-//! 408 and 429 are retried with the trigger's backoff (a `Retry-After` in seconds is waited
-//! at least); any other status is permanent: the event is dead-lettered at once with the
+//! 408 and 429 are retried with the trigger's backoff (a `Retry-After`, in seconds or as an
+//! HTTP date, is waited at least); any other status is permanent: the event is dead-lettered at once with the
 //! status and the first KiB of the answer. Every call carries `Idempotency-Key:
 //! <event id>.<trigger>` (`.<n>` added for the n-th action after the first), the same on
 //! every retry, so the receiving service can drop repeats. Actions of one trigger run in
@@ -251,6 +251,17 @@ fn descriptor(t: &Trigger) -> &'static HandlerDescriptor {
         invoke,
         module_path: "actions",
     }))
+}
+
+/// How long a `Retry-After` value asks to wait from `now`: seconds (`120`) or an HTTP date
+/// (`Wed, 21 Oct 2026 07:28:00 GMT`); `None` for anything else, or a date already past.
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
 fn leak(text: &str) -> &'static str {
@@ -517,8 +528,7 @@ impl Action {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
         let body = answer.bytes().await.map_err(|e| {
             HandlerError::retry(format!(
                 "trigger `{trigger}`, {label}: the answer broke off ({})",
@@ -607,5 +617,31 @@ impl Body {
             ),
             Body::Literal(v) => v.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        // Wed, 21 Oct 2026 07:28:00 GMT
+        let now = UNIX_EPOCH + Duration::from_secs(1_792_567_680);
+        assert_eq!(
+            super::retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            super::retry_after("Wed, 21 Oct 2026 07:29:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            super::retry_after("Wed, 21 Oct 2026 07:27:00 GMT", now),
+            None,
+            "past"
+        );
+        assert_eq!(super::retry_after("soon", now), None);
+        assert_eq!(super::retry_after("-5", SystemTime::now()), None);
     }
 }
