@@ -102,7 +102,8 @@ pub struct Broker {
 
 impl NatsArgs {
     /// The runtime's settings for these options (the same precedence as a service's
-    /// environment: creds, then user/password, then token, then NKey).
+    /// environment: creds, then user/password, then token, then NKey): what the command
+    /// connects with, and what `eda actions run` runs its app with.
     fn settings(&self) -> NatsSettings {
         let mut settings = NatsSettings::new(self.url.clone());
         settings.connect_timeout = CONNECT_TIMEOUT;
@@ -125,36 +126,16 @@ impl NatsArgs {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             settings.tls_client_cert = Some((cert.clone(), key.clone()));
         }
+        settings.topology.events_stream.clone_from(&self.events_stream);
+        settings.topology.dlq_stream.clone_from(&self.dlq_stream);
+        settings.topology.redrive_stream.clone_from(&self.redrive_stream);
         settings
     }
 
     /// `builder` set to run on this server with these credentials and stream names (for
     /// `eda actions run`).
     pub fn app_builder(&self, builder: eda::AppBuilder) -> eda::AppBuilder {
-        let mut builder = builder.nats(self.url.clone());
-        if let Some(path) = &self.creds {
-            builder = builder.nats_credentials(path.clone());
-        }
-        if let (Some(user), Some(password)) = (&self.user, &self.password) {
-            builder = builder.nats_user_password(user.clone(), password.clone());
-        }
-        if let Some(token) = &self.token {
-            builder = builder.nats_token(token.clone());
-        }
-        if let Some(seed) = &self.nkey {
-            builder = builder.nats_nkey(seed.clone());
-        }
-        if let Some(ca) = &self.tls_ca {
-            builder = builder.nats_tls_ca(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            builder = builder.nats_tls_client_cert(cert.clone(), key.clone());
-        }
-        let mut topology = eda::Topology::default();
-        topology.events_stream.clone_from(&self.events_stream);
-        topology.dlq_stream.clone_from(&self.dlq_stream);
-        topology.redrive_stream.clone_from(&self.redrive_stream);
-        builder.topology(topology)
+        builder.nats_settings(self.settings())
     }
 
     /// Connects as eda services do (credentials, also in the URL, TLS, mutual TLS), within

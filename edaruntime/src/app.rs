@@ -425,6 +425,16 @@ impl AppBuilder {
         self
     }
 
+    /// Use NATS JetStream with all of `settings` at once (URL, credentials, TLS, topology,
+    /// timeouts, wire format), e.g. settings a tool built from its own options; the
+    /// `EDA_NATS_*` variables still win unless [`without_env`](Self::without_env).
+    pub fn nats_settings(mut self, settings: NatsSettings) -> Self {
+        self.nats = settings;
+        self.use_nats = true;
+        self.memory = None;
+        self
+    }
+
     /// Authenticate with a `.creds` file (`EDA_NATS_CREDS` wins).
     pub fn nats_credentials(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.nats.auth = NatsAuth::CredentialsFile(path.into());
