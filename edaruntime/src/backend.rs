@@ -126,6 +126,15 @@ impl Backend {
         }))
     }
 
+    /// Lets go of a handler's consumer for good (a trigger a reload removed, drained): in
+    /// memory it is dropped from the broker; on NATS its durable consumer stays on the server,
+    /// as a handler's does when it leaves the code.
+    pub(crate) fn unbind(&self, durable: &str) {
+        if let Backend::Memory(broker) = self {
+            broker.drop_consumer(durable);
+        }
+    }
+
     /// On NATS: answering requests to rebuild the app's projections
     /// ([`crate::projection_rebuild_subject`]) for as long as the app runs. In memory there is
     /// no one else to ask: `RunningApp::rebuild_projection` is the way.

@@ -209,12 +209,14 @@ pub(crate) trait EventLog: Send + Sync + fmt::Debug + 'static {
 }
 
 /// One message of an aggregate type's stream as a [`LogFollower`] hands it over.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Followed {
     /// The aggregate's subject.
     pub(crate) subject: String,
     /// The message.
     pub(crate) record: LogRecord,
+    /// Handed out before (a durable reader's ack wait ran out, or its reader went away).
+    pub(crate) redelivered: bool,
 }
 
 /// A reader of an aggregate type's whole stream: messages come in stream order. A durable one

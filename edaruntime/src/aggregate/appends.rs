@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use super::replay::parse_batch;
-use crate::port::Followed;
+use crate::port::{EventLog, Followed, LogAddress, LogError};
 use crate::wire;
 
 /// The value of header `name` of a stored message.
@@ -92,13 +92,91 @@ impl Appends {
         taken
     }
 
-    /// Holds `beginning` (the first events of an append, in order, read back from the
-    /// aggregate's subject) as if this reader had seen them: the orphan that follows them can
-    /// then be taken again.
-    pub(crate) fn restore(&mut self, beginning: Vec<Followed>) {
-        if let Some(first) = beginning.first() {
-            self.held.insert(first.subject.clone(), beginning);
+    /// Takes the next message as [`take`](Self::take) does, reading the aggregate's subject
+    /// (in `at`'s stream) when what this reader saw is not enough:
+    /// - an orphan (event `k` of `n`, its beginning unseen: stored before the reader's start,
+    ///   or handed to another reader of a shared durable consumer, or still waiting for its
+    ///   redelivery) is completed from the `k - 1` messages before it on the subject, when they
+    ///   are that append's beginning (else it is a fragment of an append cut off);
+    /// - a redelivered beginning (event 1 of `n`, handed out again after the rest went by,
+    ///   completed then through the orphan rule) is completed from the messages after it.
+    ///
+    /// An append completed that way may have been taken whole before (by another reader, or
+    /// before a restart): a forwarder's publish again is dropped by the event stream's
+    /// duplicate window, which is longer than the ack wait that brings a message back.
+    pub(crate) async fn take_reading(
+        &mut self,
+        followed: Followed,
+        log: &dyn EventLog,
+        at: &LogAddress,
+    ) -> Result<Taken, LogError> {
+        let again = followed.clone();
+        let sequence = again.record.sequence;
+        let taken = self.take(followed);
+        let subject = LogAddress {
+            subject: again.subject.clone(),
+            ..at.clone()
+        };
+        if let Some((index, count)) = taken.orphan {
+            let history = log.read(&subject, 0, None).await?;
+            let before: Vec<_> = history
+                .records
+                .into_iter()
+                .filter(|r| r.sequence < sequence)
+                .collect();
+            let Some(from) = before.len().checked_sub(index as usize - 1) else {
+                return Ok(taken);
+            };
+            let beginning: Vec<Followed> = before[from..]
+                .iter()
+                .map(|record| Followed {
+                    subject: again.subject.clone(),
+                    record: record.clone(),
+                    redelivered: false,
+                })
+                .collect();
+            if !is_part_of(&beginning, 1, count) {
+                return Ok(taken); // a fragment of an append that was cut off
+            }
+            self.held.insert(again.subject.clone(), beginning);
+            return Ok(self.take(again));
         }
+        let batch = header(&again, wire::BATCH).and_then(parse_batch);
+        let Some((1, count)) = batch.filter(|(_, count)| *count > 1) else {
+            return Ok(taken);
+        };
+        let held_alone = self
+            .held
+            .get(&again.subject)
+            .is_some_and(|held| held.len() == 1 && held[0].record.sequence == sequence);
+        if !again.redelivered || !held_alone {
+            return Ok(taken);
+        }
+        let after = log.read(&subject, sequence, None).await?;
+        let rest: Vec<Followed> = after
+            .records
+            .into_iter()
+            .take(count as usize - 1)
+            .map(|record| Followed {
+                subject: again.subject.clone(),
+                record,
+                redelivered: false,
+            })
+            .collect();
+        let whole = rest.len() == count as usize - 1 && is_part_of(&rest, 2, count);
+        let mut taken = taken;
+        if whole {
+            self.held.remove(&again.subject);
+            taken.complete = std::iter::once(again).chain(rest).collect();
+        } else if rest
+            .first()
+            .is_some_and(|next| header(next, wire::BATCH).and_then(parse_batch) != Some((2, count)))
+        {
+            // Another writer's message follows it: this append was cut off.
+            self.held.remove(&again.subject);
+            taken.void.push(sequence);
+        }
+        Ok(taken)
     }
 
     /// The append held for `subject` was cut off: its events never count.
@@ -107,4 +185,11 @@ impl Appends {
             taken.void.extend(held.iter().map(|h| h.record.sequence));
         }
     }
+}
+
+/// Whether `messages` are events `first`, `first + 1`, ... of an append of `count`.
+fn is_part_of(messages: &[Followed], first: u32, count: u32) -> bool {
+    messages.iter().enumerate().all(|(i, m)| {
+        header(m, wire::BATCH).and_then(parse_batch) == Some((first + i as u32, count))
+    })
 }

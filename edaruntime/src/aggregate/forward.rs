@@ -43,7 +43,16 @@ pub(crate) async fn run(log: Arc<dyn EventLog>, transport: Arc<dyn Transport>, a
                 }
             };
             for followed in batch {
-                if let Err(e) = forward(&mut appends, followed, &mut *follower, &*transport).await {
+                let forwarded = forward(
+                    &mut appends,
+                    followed,
+                    &mut *follower,
+                    &*log,
+                    &at,
+                    &*transport,
+                )
+                .await;
+                if let Err(e) = forwarded {
                     warn(&at, &e, "cannot forward an event; trying again");
                     break 'follow;
                 }
@@ -66,9 +75,11 @@ async fn forward(
     appends: &mut Appends,
     followed: Followed,
     follower: &mut dyn LogFollower,
+    log: &dyn EventLog,
+    at: &LogAddress,
     transport: &dyn Transport,
 ) -> Result<(), LogError> {
-    let taken = appends.take(followed);
+    let taken = appends.take_reading(followed, log, at).await?;
     for sequence in taken.void {
         follower.ack(sequence).await?;
     }
@@ -161,6 +172,7 @@ mod tests {
             headers.push(("Eda-Batch".to_owned(), batch.to_owned()));
         }
         Followed {
+            redelivered: false,
             subject: subject.to_owned(),
             record: LogRecord {
                 sequence,
@@ -171,11 +183,70 @@ mod tests {
         }
     }
 
+    /// The stored messages, for the reads back and forward on a subject.
+    #[derive(Debug)]
+    struct Stored(Vec<Followed>);
+
+    impl EventLog for Stored {
+        fn append<'a>(
+            &'a self,
+            _: &'a LogAddress,
+            _: u64,
+            _: Vec<(&'static str, String)>,
+            _: Bytes,
+        ) -> BoxFuture<'a, Result<u64, LogError>> {
+            unreachable!("the forwarder never appends")
+        }
+        fn read<'a>(
+            &'a self,
+            at: &'a LogAddress,
+            after: u64,
+            _: Option<u64>,
+        ) -> BoxFuture<'a, Result<crate::port::LogRead, LogError>> {
+            let records: Vec<LogRecord> = self
+                .0
+                .iter()
+                .filter(|f| f.subject == at.subject && f.record.sequence > after)
+                .map(|f| f.record.clone())
+                .collect();
+            let last = records.last().map_or(after, |r| r.sequence);
+            Box::pin(async move { Ok(crate::port::LogRead { records, last }) })
+        }
+        fn snapshot<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, LogError>> {
+            unreachable!()
+        }
+        fn put_snapshot<'a>(&'a self, _: &'a str, _: Bytes) -> BoxFuture<'a, Result<(), LogError>> {
+            unreachable!()
+        }
+        fn follow<'a>(
+            &'a self,
+            _: &'a LogAddress,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>> {
+            unreachable!()
+        }
+        fn read_stream<'a>(
+            &'a self,
+            _: &'a LogAddress,
+            _: u64,
+        ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>> {
+            unreachable!()
+        }
+    }
+
+    fn stream() -> LogAddress {
+        LogAddress {
+            stream: "EDA_AGG_A".into(),
+            stream_subjects: "agg.a.*".into(),
+            subject: String::new(),
+        }
+    }
+
     #[tokio::test]
     async fn appends_cut_off_are_not_forwarded_and_complete_ones_are_once() {
         let (published, mut acks, mut appends) =
             (Published::default(), Acks::default(), Appends::default());
-        for followed in [
+        let messages = [
             message("agg.a.1", 1, None),
             message("agg.a.1", 2, Some("1/2")),
             message("agg.a.2", 3, Some("1/2")),
@@ -184,14 +255,53 @@ mod tests {
             message("agg.a.2", 5, Some("2/2")), // completes 3
             message("agg.a.3", 6, Some("2/2")), // a fragment
             message("agg.a.3", 7, Some("1/3")), // held at the end
-        ] {
-            forward(&mut appends, followed, &mut acks, &published)
-                .await
-                .unwrap();
+        ];
+        let log = Stored(messages.to_vec());
+        for followed in messages {
+            forward(
+                &mut appends,
+                followed,
+                &mut acks,
+                &log,
+                &stream(),
+                &published,
+            )
+            .await
+            .unwrap();
         }
         assert_eq!(*published.0.lock().unwrap(), ["1", "4", "3", "5"]);
         let mut acked = acks.0.clone();
         acked.sort_unstable();
         assert_eq!(acked, [1, 2, 3, 4, 5, 6], "7 stays held, unacknowledged");
+    }
+
+    #[tokio::test]
+    async fn an_append_split_between_readers_or_redeliveries_is_forwarded_whole() {
+        let (published, mut acks, mut appends) =
+            (Published::default(), Acks::default(), Appends::default());
+        let (first, second) = (
+            message("agg.a.1", 10, Some("1/2")),
+            message("agg.a.1", 11, Some("2/2")),
+        );
+        let log = Stored(vec![first.clone(), second.clone()]);
+        // The second event comes first (the first went to another reader, or waits for its
+        // redelivery): the beginning is read back from the subject.
+        forward(&mut appends, second, &mut acks, &log, &stream(), &published)
+            .await
+            .unwrap();
+        assert_eq!(*published.0.lock().unwrap(), ["10", "11"]);
+        // The first comes again later: the rest is read forward; published whole again (the
+        // duplicate window drops it), and acknowledged instead of held for ever.
+        let again = Followed {
+            redelivered: true,
+            ..first
+        };
+        forward(&mut appends, again, &mut acks, &log, &stream(), &published)
+            .await
+            .unwrap();
+        assert_eq!(*published.0.lock().unwrap(), ["10", "11", "10", "11"]);
+        let mut acked = acks.0.clone();
+        acked.sort_unstable();
+        assert_eq!(acked, [10, 10, 11, 11]);
     }
 }

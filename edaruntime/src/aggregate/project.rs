@@ -10,12 +10,11 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::appends::{header, Appends};
+use super::appends::Appends;
 use super::replay::decode;
 use super::Aggregate;
 use crate::error::BoxError;
 use crate::port::{EventLog, Followed, LogAddress, LogError};
-use crate::wire;
 
 /// A read model built from the events of one aggregate type (balances per account in a
 /// database table, say), fed every append in the order the store took them, and rebuilt from
@@ -432,9 +431,14 @@ async fn follow<P: Projection>(
             continue;
         }
         for followed in read {
-            let Some(complete) = complete(&mut appends, followed, log, at).await? else {
+            let taken = appends
+                .take_reading(followed, log, at)
+                .await
+                .map_err(log_failure)?;
+            if taken.complete.is_empty() {
                 continue;
-            };
+            }
+            let complete = taken.complete;
             let append = projected::<P>(complete, at)?;
             let end = append.position;
             projection
@@ -448,56 +452,6 @@ async fn follow<P: Projection>(
             }
         }
     }
-}
-
-/// The append `followed` completes, if it completes one. The event `k` of `n` of an append
-/// whose beginning this reader did not see (it started after it, at the read model's
-/// position) is completed from the aggregate's subject, read back: the beginning was never
-/// applied, since an append is applied only whole.
-async fn complete(
-    appends: &mut Appends,
-    followed: Followed,
-    log: &dyn EventLog,
-    at: &LogAddress,
-) -> Result<Option<Vec<Followed>>, Failure> {
-    let again = Followed {
-        subject: followed.subject.clone(),
-        record: followed.record.clone(),
-    };
-    let taken = appends.take(followed);
-    let Some((index, count)) = taken.orphan else {
-        return Ok((!taken.complete.is_empty()).then_some(taken.complete));
-    };
-    let subject = LogAddress {
-        subject: again.subject.clone(),
-        ..at.clone()
-    };
-    let history = log.read(&subject, 0, None).await.map_err(log_failure)?;
-    let before: Vec<_> = history
-        .records
-        .into_iter()
-        .filter(|r| r.sequence < again.record.sequence)
-        .collect();
-    let wanted = (index - 1) as usize;
-    if before.len() < wanted {
-        return Ok(None);
-    }
-    let beginning: Vec<Followed> = before[before.len() - wanted..]
-        .iter()
-        .map(|record| Followed {
-            subject: again.subject.clone(),
-            record: record.clone(),
-        })
-        .collect();
-    let is_beginning = beginning.iter().enumerate().all(|(i, f)| {
-        header(f, wire::BATCH).and_then(super::replay::parse_batch) == Some((i as u32 + 1, count))
-    });
-    if !is_beginning {
-        return Ok(None); // a fragment of an append that was cut off
-    }
-    appends.restore(beginning);
-    let taken = appends.take(again);
-    Ok((!taken.complete.is_empty()).then_some(taken.complete))
 }
 
 /// A complete append's messages as the projection's events.

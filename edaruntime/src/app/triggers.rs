@@ -147,28 +147,49 @@ impl Triggers {
         Ok(())
     }
 
-    /// Stops trigger `name`: no new messages; what is in flight finishes (up to the drain
-    /// timeout, then it is cut off and redelivered later).
-    async fn stop_locked(&self, running: &mut HashMap<String, RunningTrigger>, name: &str) {
-        let Some(trigger) = running.get(name) else {
-            return;
-        };
-        let mut done = trigger.done.clone();
-        trigger.own.drain();
-        let drained = tokio::time::timeout(self.drain_timeout, done.wait_for(|d| *d))
-            .await
-            .is_ok();
-        if !drained {
-            tracing::warn!(
-                trigger = name,
-                "drain timeout reached; stopping its in-flight calls"
-            );
-            trigger.own.stop();
-            let _ = done.wait_for(|d| *d).await;
+    /// Stops the triggers `names` together: no new messages; what is in flight finishes (up to
+    /// the drain timeout, then it is cut off and redelivered later). Those `removed` let go of
+    /// their consumers for good.
+    async fn stop_locked(
+        &self,
+        running: &mut HashMap<String, RunningTrigger>,
+        names: &[String],
+        removed: &[String],
+    ) {
+        let stopping: Vec<(String, RunningTrigger)> = names
+            .iter()
+            .filter_map(|name| running.remove(name).map(|t| (name.clone(), t)))
+            .collect();
+        for (_, trigger) in &stopping {
+            trigger.own.drain();
         }
-        running.remove(name);
-        self.runtimes.remove(name);
-        tracing::info!(trigger = name, "trigger stopped");
+        let waits = stopping.iter().map(|(name, trigger)| async move {
+            let mut done = trigger.done.clone();
+            let drained = tokio::time::timeout(self.drain_timeout, done.wait_for(|d| *d))
+                .await
+                .is_ok();
+            if !drained {
+                tracing::warn!(trigger = %name, "drain timeout reached; stopping its in-flight calls");
+                trigger.own.stop();
+                let _ = done.wait_for(|d| *d).await;
+            }
+        });
+        futures_util::future::join_all(waits).await;
+        for (name, _) in &stopping {
+            let runtime = self
+                .runtimes
+                .snapshot()
+                .into_iter()
+                .find(|r| r.descriptor.name == name.as_str());
+            self.runtimes.remove(name);
+            if removed.contains(name) {
+                if let Some(runtime) = runtime {
+                    self.binder.backend.unbind(runtime.durable());
+                }
+                self.runner.forget(name);
+            }
+            tracing::info!(trigger = %name, "trigger stopped");
+        }
     }
 
     /// Reads the actions files again and applies them: see [`Runner::reload`].
@@ -176,14 +197,12 @@ impl Triggers {
         let mut running = self.running.lock().await;
         let breakers: Vec<&str> = self.binder.breakers.iter().map(Breaker::name).collect();
         let mut plan = self.runner.reload(&self.handlers, &breakers)?;
-        for name in &plan.stop {
-            self.stop_locked(&mut running, name).await;
-            if plan.report.stopped.contains(name) {
-                self.runner.forget(name);
-            }
-        }
+        self.stop_locked(&mut running, &plan.stop, &plan.report.stopped)
+            .await;
         for descriptor in std::mem::take(&mut plan.start) {
             if let Err(e) = self.start_locked(&mut running, descriptor).await {
+                // Not running: the next reload sees it as new and tries again.
+                self.runner.forget(descriptor.name);
                 plan.report.started.retain(|n| n != descriptor.name);
                 plan.report.restarted.retain(|n| n != descriptor.name);
                 plan.report

@@ -193,6 +193,7 @@ impl MemoryBroker {
             pattern: pattern.to_owned(),
             queue: Mutex::default(),
             notify: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         if start == Start::All {
             for message in lock(&self.inner.retained).iter() {
@@ -204,6 +205,28 @@ impl MemoryBroker {
         }
         consumers.push(Arc::clone(&consumer));
         consumer
+    }
+
+    /// Drops the durable consumer `durable` (a trigger a reload removed, once drained): its
+    /// queued messages are done with, and it gets no more. On NATS the durable consumer stays
+    /// on the server; in memory nothing would ever read it, and `settle` would wait for it.
+    pub(crate) fn drop_consumer(&self, durable: &str) {
+        let mut consumers = self
+            .inner
+            .consumers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(at) = consumers.iter().position(|c| c.durable == durable) else {
+            return;
+        };
+        let consumer = consumers.remove(at);
+        let mut queue = lock(&consumer.queue);
+        consumer
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in queue.drain(..) {
+            self.inner.activity.done();
+        }
     }
 
     /// Runs one app instance's share of a durable consumer until `signals` says stop.
@@ -310,12 +333,29 @@ pub(crate) struct MemoryConsumer {
     pattern: String,
     queue: Mutex<VecDeque<Queued>>,
     notify: Notify,
+    /// Dropped from its broker (a trigger a reload removed): what comes back to it (a
+    /// delayed redelivery) is done with, not queued for no one.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryConsumer {
-    fn push(&self, queued: Queued) {
-        lock(&self.queue).push_back(queued);
+    /// Queues `queued`; `false` (nothing queued) when the consumer was dropped.
+    fn push(&self, queued: Queued) -> bool {
+        let mut queue = lock(&self.queue);
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        queue.push_back(queued);
+        drop(queue);
         self.notify.notify_one();
+        true
+    }
+
+    /// Queues a message that came back to it, or counts it done when the consumer was dropped.
+    fn push_again(&self, queued: Queued, activity: &Outstanding) {
+        if !self.push(queued) {
+            activity.done();
+        }
     }
 
     async fn next(&self) -> Queued {
@@ -513,11 +553,11 @@ impl Acknowledge for MemoryAck {
         if self.inner.ack_is_lost() {
             // Lost on the way: the message comes back after the ack wait, as on JetStream.
             let ack_wait = *lock(&self.inner.ack_wait);
-            let consumer = Arc::clone(&self.consumer);
+            let (consumer, inner) = (Arc::clone(&self.consumer), Arc::clone(&self.inner));
             let again = self.queued.clone().again();
             tokio::spawn(async move {
                 tokio::time::sleep(ack_wait).await;
-                consumer.push(again);
+                consumer.push_again(again, &inner.activity);
             });
             return;
         }
@@ -525,14 +565,14 @@ impl Acknowledge for MemoryAck {
     }
 
     async fn nak(&self, delay: Duration) {
-        let consumer = Arc::clone(&self.consumer);
+        let (consumer, inner) = (Arc::clone(&self.consumer), Arc::clone(&self.inner));
         let again = self.queued.clone().again();
         if delay.is_zero() {
-            consumer.push(again);
+            consumer.push_again(again, &inner.activity);
         } else {
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                consumer.push(again);
+                consumer.push_again(again, &inner.activity);
             });
         }
     }
@@ -549,7 +589,8 @@ impl Acknowledge for MemoryAck {
     }
 
     fn hand_back(&self) -> Option<BoxFuture<'static, ()>> {
-        self.consumer.push(self.queued.clone().again());
+        self.consumer
+            .push_again(self.queued.clone().again(), &self.inner.activity);
         None
     }
 }

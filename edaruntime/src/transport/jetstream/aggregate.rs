@@ -420,6 +420,7 @@ impl JetStreamFollower {
         let info = message.info().map_err(|e| failed(what(), e))?;
         let sequence = info.stream_sequence;
         out.push(Followed {
+            redelivered: info.delivered > 1,
             subject: message.subject.to_string(),
             record: LogRecord {
                 sequence,

@@ -169,13 +169,10 @@ fn aggregate_permissions(t: &Topology, aggregates: &[&'static str]) -> Vec<Strin
     publish.push(format!("{api}.STREAM.MSG.GET.KV_{snapshots}"));
     for kind in aggregates {
         let stream = format!("{}{}", t.aggregate_stream_prefix, kind.to_ascii_uppercase());
+        for subject in stream_reading(&stream) {
+            push_unique(&mut publish, subject);
+        }
         for subject in [
-            format!("{api}.STREAM.INFO.{stream}"),
-            format!("{api}.STREAM.CREATE.{stream}"),
-            format!("{api}.STREAM.MSG.GET.{stream}"),
-            format!("{api}.CONSUMER.CREATE.{stream}.>"),
-            format!("{api}.CONSUMER.MSG.NEXT.{stream}.*"),
-            format!("{api}.CONSUMER.DELETE.{stream}.*"),
             // The forwarder's durable consumer (`eda_forward`): info, pull, acks.
             format!("{api}.CONSUMER.INFO.{stream}.{FORWARDER}"),
             format!("$JS.ACK.{stream}.{FORWARDER}.>"),
@@ -193,22 +190,28 @@ fn aggregate_permissions(t: &Topology, aggregates: &[&'static str]) -> Vec<Strin
 /// use), a short-lived consumer of the whole stream, and reads by subject (an append begun
 /// before the projection's position is read back).
 fn projection_permissions(t: &Topology, projected: &[&'static str]) -> Vec<String> {
-    let api = "$JS.API";
     let mut publish = Vec::new();
     for kind in projected {
         let stream = format!("{}{}", t.aggregate_stream_prefix, kind.to_ascii_uppercase());
-        for subject in [
-            format!("{api}.STREAM.INFO.{stream}"),
-            format!("{api}.STREAM.CREATE.{stream}"),
-            format!("{api}.STREAM.MSG.GET.{stream}"),
-            format!("{api}.CONSUMER.CREATE.{stream}.>"),
-            format!("{api}.CONSUMER.MSG.NEXT.{stream}.*"),
-            format!("{api}.CONSUMER.DELETE.{stream}.*"),
-        ] {
+        for subject in stream_reading(&stream) {
             push_unique(&mut publish, subject);
         }
     }
     publish
+}
+
+/// Reading an aggregate type's stream: provisioning it on first use, message gets by subject,
+/// and short-lived consumers (pull, deleted after use).
+fn stream_reading(stream: &str) -> [String; 6] {
+    let api = "$JS.API";
+    [
+        format!("{api}.STREAM.INFO.{stream}"),
+        format!("{api}.STREAM.CREATE.{stream}"),
+        format!("{api}.STREAM.MSG.GET.{stream}"),
+        format!("{api}.CONSUMER.CREATE.{stream}.>"),
+        format!("{api}.CONSUMER.MSG.NEXT.{stream}.*"),
+        format!("{api}.CONSUMER.DELETE.{stream}.*"),
+    ]
 }
 
 fn push_unique(subjects: &mut Vec<String>, subject: String) {

@@ -179,6 +179,7 @@ impl MemoryFollower {
         let taken: Vec<Followed> = stream.all[from..]
             .iter()
             .map(|(subject, record)| Followed {
+                redelivered: false,
                 subject: subject.clone(),
                 record: record.clone(),
             })
