@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use eda::{BoxError, EventStore, Projected, Projection};
+use futures_util::StreamExt;
 
 #[macro_use]
 mod support;
@@ -240,7 +241,65 @@ async fn a_failing_read_model_is_retried_never_skipped(rig: Rig) {
     app.shutdown().await.expect("shutdown");
 }
 
+async fn one_instance_runs_a_projection_and_another_takes_over_when_it_stops(rig: Rig) {
+    let (first, second) = (Arc::new(Recorded::default()), Arc::new(Recorded::default()));
+    let (one, store) = start(&rig, Arc::clone(&first)).await;
+    let (two, _) = start(&rig, Arc::clone(&second)).await;
+    let opened = open(&store, "e-1").await;
+    eventually("one instance applied the append", || {
+        position_of(&first) == opened || position_of(&second) == opened
+    })
+    .await;
+    // The one that runs it, and the one standing by (its model never moves).
+    let (runs, stands_by, runs_model, standby_model) = if position_of(&first) == opened {
+        (&one, &two, &first, &second)
+    } else {
+        (&two, &one, &second, &first)
+    };
+    let refused = stands_by
+        .app()
+        .rebuild_projection("recorded")
+        .await
+        .expect_err("the standby does not rebuild");
+    assert!(
+        refused
+            .to_string()
+            .contains("runs in another instance of this service now"),
+        "{refused}"
+    );
+    runs.app()
+        .rebuild_projection("recorded")
+        .await
+        .expect("the running one rebuilds");
+    assert_eq!(position_of(standby_model), 0, "the standby applied nothing");
+    assert_eq!(runs_model.appends().len(), 1);
+
+    let (runs_model, standby_model) = (Arc::clone(runs_model), Arc::clone(standby_model));
+    let (runs, stands_by) = if Arc::ptr_eq(&runs_model, &first) {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    runs.shutdown().await.expect("shutdown");
+    let last = deposit(&store_of(&stands_by), "e-1", 4).await;
+    eventually("the standby took the projection over", || {
+        position_of(&standby_model) == last
+    })
+    .await;
+    assert_eq!(
+        standby_model.appends().len(),
+        2,
+        "from the first: its model was empty"
+    );
+    stands_by.shutdown().await.expect("shutdown");
+}
+
+fn store_of(app: &eda::testing::TestApp) -> EventStore {
+    app.app().event_store()
+}
+
 on_both_transports!(
+    one_instance_runs_a_projection_and_another_takes_over_when_it_stops,
     every_append_is_applied_once_in_order_and_a_rebuild_gives_the_same_model,
     a_restarted_projection_goes_on_after_its_position,
     an_append_begun_before_the_position_is_read_back_whole,
@@ -427,21 +486,33 @@ async fn on_nats_a_projection_works_with_exactly_the_generated_permissions() {
         || position_of(&projection) == last,
     )
     .await;
-    // A rebuild asked over NATS (as `eda projections rebuild` does) is answered.
+    // A rebuild asked over NATS (as `eda projections rebuild` does) is answered: started,
+    // then the result, each an answer the generated permissions allow.
     let client = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
         .connect(server.url())
         .await
         .expect("admin connects");
-    let answer = client
-        .request(
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(
             eda::projection_rebuild_subject("reports"),
+            inbox,
             "recorded".into(),
         )
         .await
-        .expect("the service answers");
-    let rebuilt: Result<eda::Rebuilt, String> =
-        serde_json::from_slice(&answer.payload).expect("a rebuild result");
-    let rebuilt = rebuilt.expect("rebuilt");
+        .expect("ask");
+    let mut next = async || -> eda::RebuildAnswer {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(60), answers.next())
+            .await
+            .expect("an answer within a minute")
+            .expect("an answer");
+        serde_json::from_slice(&message.payload).expect("a rebuild answer")
+    };
+    assert_eq!(next().await, eda::RebuildAnswer::Started);
+    let eda::RebuildAnswer::Rebuilt(rebuilt) = next().await else {
+        panic!("not rebuilt");
+    };
     assert_eq!((rebuilt.appends, rebuilt.position), (2, last));
     assert_eq!(projection.resets.load(Ordering::SeqCst), 1);
     reports.shutdown().await.expect("shutdown");

@@ -126,9 +126,15 @@ impl NatsArgs {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             settings.tls_client_cert = Some((cert.clone(), key.clone()));
         }
-        settings.topology.events_stream.clone_from(&self.events_stream);
+        settings
+            .topology
+            .events_stream
+            .clone_from(&self.events_stream);
         settings.topology.dlq_stream.clone_from(&self.dlq_stream);
-        settings.topology.redrive_stream.clone_from(&self.redrive_stream);
+        settings
+            .topology
+            .redrive_stream
+            .clone_from(&self.redrive_stream);
         settings
     }
 

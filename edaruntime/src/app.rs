@@ -298,9 +298,12 @@ impl App {
             background.push(tokio::spawn(work).abort_handle());
         }
         let mut projections = Vec::new();
+        // This app instance, as the holder of its projections' leases.
+        let mut holder = format!("{}-", self.service);
+        crate::random::push_hex(&mut holder, 12);
         for pending in self.projections {
             let at = event_store.stream_address(pending.kind);
-            let (control, work) = pending.start(event_store.log(), at);
+            let (control, work) = pending.start(event_store.log(), at, &self.service, &holder);
             background.push(tokio::spawn(work).abort_handle());
             projections.push(control);
         }
@@ -1002,6 +1005,10 @@ impl RunningApp {
         self.lifecycle.drain();
         for task in &self.background {
             task.abort();
+        }
+        // Another instance takes the projections over at once.
+        for projection in &self.projections {
+            projection.release().await;
         }
         let triggers = self.triggers.clone();
         let finished = || async {

@@ -148,9 +148,16 @@ impl Backend {
             return None;
         }
         let controls = Arc::new(controls);
-        let answer: Answer = Arc::new(move |name| {
+        let answer: Answer = Arc::new(move |name, reply| {
             let controls = Arc::clone(&controls);
-            Box::pin(async move { answer_rebuild(&controls, &name).await })
+            Box::pin(async move {
+                answer_rebuild(&controls, &name, |answer| {
+                    // An enum of strings and numbers always serializes.
+                    let json = serde_json::to_vec(&answer).unwrap_or_default();
+                    reply(json)
+                })
+                .await;
+            })
         });
         Some(Box::pin(
             Arc::clone(js).serve(projection_rebuild_subject(service), answer),

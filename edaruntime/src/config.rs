@@ -105,6 +105,9 @@ pub struct Topology {
     pub aggregate_subject_prefix: String,
     /// Event sourcing: the snapshot bucket, key `<type>.<id>` (default `EDA_SNAPSHOTS`).
     pub snapshots_bucket: String,
+    /// Projections: the bucket of leases that let one instance of a service run each
+    /// projection, key `<service>.<projection>` (default `EDA_LEASES`).
+    pub leases_bucket: String,
 }
 
 impl Default for Topology {
@@ -124,6 +127,7 @@ impl Default for Topology {
             aggregate_stream_prefix: "EDA_AGG_".into(),
             aggregate_subject_prefix: "agg".into(),
             snapshots_bucket: "EDA_SNAPSHOTS".into(),
+            leases_bucket: "EDA_LEASES".into(),
         }
     }
 }

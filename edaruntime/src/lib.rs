@@ -42,7 +42,8 @@ mod layers;
 
 pub use aggregate::{
     projection_rebuild_subject, Aggregate, AggregateEvents, EventStore, EventStoreError,
-    EventStoreErrorKind, ExecuteError, Projected, Projection, ProjectionError, Rebuilt,
+    EventStoreErrorKind, ExecuteError, Projected, Projection, ProjectionError, RebuildAnswer,
+    Rebuilt,
 };
 pub use app::{App, AppBuilder, RunningApp, ServiceCatalog};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};

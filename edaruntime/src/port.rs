@@ -157,6 +157,9 @@ pub(crate) enum LogError {
     Failed { message: String, source: BoxError },
 }
 
+/// How long a lease ([`EventLog::lease`]) lasts without renewal.
+pub(crate) const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where aggregates' histories and snapshots are stored: a stream per aggregate type with a
 /// subject per aggregate, and a key-value bucket of snapshots. The event store's logic
 /// (`crate::aggregate`) talks to this only; transports carry the bytes.
@@ -197,6 +200,17 @@ pub(crate) trait EventLog: Send + Sync + fmt::Debug + 'static {
         at: &'a LogAddress,
         durable: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>>;
+
+    /// The last sequence of the stream `at.stream` (0: empty).
+    fn last_sequence<'a>(&'a self, at: &'a LogAddress) -> BoxFuture<'a, Result<u64, LogError>>;
+
+    /// Takes or renews the lease `key` for `holder`: `true` when `holder` holds it now. One
+    /// holder at a time, across apps and processes; a lease not renewed within [`LEASE_TTL`]
+    /// lapses, and another may take it.
+    fn lease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<bool, LogError>>;
+
+    /// Lets go of the lease `key` if `holder` holds it.
+    fn release<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), LogError>>;
 
     /// A reader of the whole stream `at.stream` from the message after sequence `after` on,
     /// whose position only it keeps (a projection stores its own with its read model):

@@ -232,6 +232,15 @@ mod tests {
         ) -> BoxFuture<'a, Result<Box<dyn LogFollower>, LogError>> {
             unreachable!()
         }
+        fn last_sequence<'a>(&'a self, _: &'a LogAddress) -> BoxFuture<'a, Result<u64, LogError>> {
+            unreachable!()
+        }
+        fn lease<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<bool, LogError>> {
+            unreachable!()
+        }
+        fn release<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<(), LogError>> {
+            unreachable!()
+        }
     }
 
     fn stream() -> LogAddress {

@@ -69,7 +69,9 @@ mod store;
 
 pub use error::{EventStoreError, EventStoreErrorKind, ExecuteError};
 pub(crate) use project::{answer_rebuild, PendingProjection, ProjectionControl};
-pub use project::{projection_rebuild_subject, Projected, Projection, ProjectionError, Rebuilt};
+pub use project::{
+    projection_rebuild_subject, Projected, Projection, ProjectionError, RebuildAnswer, Rebuilt,
+};
 pub use store::{EventStore, DEFAULT_MAX_ATTEMPTS, DEFAULT_SNAPSHOT_EVERY};
 
 use serde::de::DeserializeOwned;

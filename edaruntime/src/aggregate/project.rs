@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +15,7 @@ use super::appends::Appends;
 use super::replay::decode;
 use super::Aggregate;
 use crate::error::BoxError;
-use crate::port::{EventLog, Followed, LogAddress, LogError};
+use crate::port::{EventLog, Followed, LogAddress, LogError, LEASE_TTL};
 
 /// A read model built from the events of one aggregate type (balances per account in a
 /// database table, say), fed every append in the order the store took them, and rebuilt from
@@ -164,7 +165,7 @@ pub struct Projected<E> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Rebuilt {
-    /// Appends applied from the first, up to where the stream ended when the rebuild caught up.
+    /// Appends applied from the first, up to where the stream ended when the rebuild started.
     pub appends: u64,
     /// The position the read model is at now.
     pub position: u64,
@@ -212,48 +213,104 @@ impl std::error::Error for ProjectionError {
     }
 }
 
-/// The subject on which the instances of a service with projections answer requests to rebuild
-/// one (`eda.control.<service>.rebuild`, one instance answering each, on NATS): the request's
-/// payload is the projection's name, the answer JSON, `{"Ok":{"appends":N,"position":P}}` or
-/// `{"Err":"why"}` (a `Result<Rebuilt, String>`). `eda projections rebuild` asks there.
+/// The subject on which every instance of a service with projections answers requests to
+/// rebuild one (`eda.control.<service>.rebuild`, on NATS; `eda projections rebuild` asks
+/// there). The request's payload is the projection's name; each instance answers with
+/// [`RebuildAnswer`]s as JSON on the request's reply subject: the one that runs the projection
+/// [`Started`](RebuildAnswer::Started) and later [`Rebuilt`](RebuildAnswer::Rebuilt) or
+/// [`Failed`](RebuildAnswer::Failed), the others [`Standby`](RebuildAnswer::Standby).
 pub fn projection_rebuild_subject(service: &str) -> String {
     format!("eda.control.{service}.rebuild")
 }
 
-/// Answers a rebuild request (`name` is the projection's name) with the JSON of
-/// [`projection_rebuild_subject`].
-pub(crate) async fn answer_rebuild(controls: &[ProjectionControl], name: &[u8]) -> Vec<u8> {
+/// One instance's answer to a rebuild request (see [`projection_rebuild_subject`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RebuildAnswer {
+    /// This instance runs the projection and started the rebuild; its result follows.
+    Started,
+    /// The rebuild caught up.
+    Rebuilt(Rebuilt),
+    /// The rebuild failed: why.
+    Failed(String),
+    /// Another instance runs the projection now.
+    Standby,
+    /// The service has no projection of that name: the message lists those it has.
+    Unknown(String),
+}
+
+/// Answers a rebuild request for projection `name` through `reply` (see
+/// [`projection_rebuild_subject`]).
+pub(crate) async fn answer_rebuild<R, F>(controls: &[ProjectionControl], name: &[u8], reply: R)
+where
+    R: Fn(RebuildAnswer) -> F,
+    F: Future<Output = ()>,
+{
     let name = String::from_utf8_lossy(name);
-    let result: Result<Rebuilt, String> = match controls.iter().find(|c| c.name == name) {
-        Some(control) => control.rebuild().await.map_err(|e| e.to_string()),
-        None => {
-            let known: Vec<&str> = controls.iter().map(|c| c.name).collect();
-            Err(ProjectionError::unknown(&name, &known).to_string())
-        }
+    let Some(control) = controls.iter().find(|c| c.name == name) else {
+        let known: Vec<&str> = controls.iter().map(|c| c.name).collect();
+        return reply(RebuildAnswer::Unknown(
+            ProjectionError::unknown(&name, &known).to_string(),
+        ))
+        .await;
     };
-    // A `Result` of a plain struct and a string always serializes.
-    serde_json::to_vec(&result).unwrap_or_default()
+    if !control.is_running() {
+        return reply(RebuildAnswer::Standby).await;
+    }
+    reply(RebuildAnswer::Started).await;
+    reply(match control.rebuild().await {
+        Ok(rebuilt) => RebuildAnswer::Rebuilt(rebuilt),
+        Err(e) => RebuildAnswer::Failed(e.to_string()),
+    })
+    .await;
 }
 
 /// A rebuild asked of a running projection, answered once it caught up (or failed).
 type RebuildRequest = oneshot::Sender<Result<Rebuilt, ProjectionError>>;
 
-/// How an app asks its running projection `name` for a rebuild.
+/// How an app asks its projection `name` for a rebuild, and lets go of its lease at shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct ProjectionControl {
     pub(crate) name: &'static str,
     requests: mpsc::Sender<RebuildRequest>,
+    lease: Arc<Lease>,
+}
+
+/// The lease that lets one instance of a service run a projection.
+#[derive(Debug)]
+struct Lease {
+    log: Arc<dyn EventLog>,
+    /// `<service>.<projection>`.
+    key: String,
+    /// This app instance.
+    holder: String,
+    held: AtomicBool,
 }
 
 impl ProjectionControl {
+    /// Whether this instance runs the projection now (holds its lease).
+    pub(crate) fn is_running(&self) -> bool {
+        self.lease.held.load(Ordering::SeqCst)
+    }
+
     /// Resets the read model and applies every append from the first; resolves once the
-    /// projection read everything the stream held.
+    /// projection read up to where the stream ended when the rebuild started.
     pub(crate) async fn rebuild(&self) -> Result<Rebuilt, ProjectionError> {
+        if !self.is_running() {
+            return Err(ProjectionError::new(
+                format!(
+                    "projection `{}` runs in another instance of this service now (this one stands by): ask through `eda projections rebuild`, which reaches the one that runs it",
+                    self.name
+                ),
+                None,
+            ));
+        }
         let (reply, answer) = oneshot::channel();
         let stopped = || {
             ProjectionError::new(
                 format!(
-                    "projection `{}` is not running (the app is stopping)",
+                    "projection `{}` stopped before the rebuild was done (the app is stopping, or another instance took the projection over)",
                     self.name
                 ),
                 None,
@@ -261,6 +318,17 @@ impl ProjectionControl {
         };
         self.requests.send(reply).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Lets go of the lease if this instance holds it, so another takes over at once (at
+    /// shutdown; a crashed instance's lease lapses after `LEASE_TTL`).
+    pub(crate) async fn release(&self) {
+        let lease = &self.lease;
+        if lease.held.swap(false, Ordering::SeqCst) {
+            if let Err(e) = lease.log.release(&lease.key, &lease.holder).await {
+                tracing::warn!(projection = self.name, error = %log_failure(e), "cannot release the projection's lease; another instance takes over when it lapses");
+            }
+        }
     }
 }
 
@@ -270,6 +338,7 @@ type StartProjection = Box<
             Arc<dyn EventLog>,
             LogAddress,
             mpsc::Receiver<RebuildRequest>,
+            Arc<Lease>,
         ) -> BoxFuture<'static, ()>
         + Send,
 >;
@@ -295,36 +364,59 @@ impl PendingProjection {
         PendingProjection {
             name: P::NAME,
             kind: <P::Aggregate as Aggregate>::TYPE,
-            start: Box::new(move |log, at, requests| {
-                Box::pin(run(Arc::new(projection), log, at, requests))
+            start: Box::new(move |log, at, requests, lease| {
+                Box::pin(run(Arc::new(projection), log, at, requests, lease))
             }),
         }
     }
 
-    /// The projection's control, and its work reading the stream at `at` for as long as it
-    /// runs (aborted at shutdown: the read model's position says where the next run starts).
+    /// The projection's control, and its work for as long as it runs (aborted at shutdown,
+    /// after [`ProjectionControl::release`]: the read model's position says where the next
+    /// run starts). `holder` names this app instance for the projection's lease, taken on the
+    /// `service`'s key.
     pub(crate) fn start(
         self,
         log: Arc<dyn EventLog>,
         at: LogAddress,
+        service: &str,
+        holder: &str,
     ) -> (ProjectionControl, BoxFuture<'static, ()>) {
         let (requests, receiver) = mpsc::channel(4);
+        let lease = Arc::new(Lease {
+            log: Arc::clone(&log),
+            key: format!("{service}.{}", self.name),
+            holder: holder.to_owned(),
+            held: AtomicBool::new(false),
+        });
         let control = ProjectionControl {
             name: self.name,
             requests,
+            lease: Arc::clone(&lease),
         };
-        (control, (self.start)(log, at, receiver))
+        (control, (self.start)(log, at, receiver, lease))
     }
 }
 
 /// The first pause after a failure; it doubles up to [`MOST_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const MOST_PAUSE: Duration = Duration::from_secs(30);
+/// How often a lease is renewed (or, standing by, tried).
+const LEASE_RENEW: Duration = Duration::from_secs(2);
 
-/// A rebuild in progress: who waits for it, and how many appends it applied so far.
+/// A rebuild in progress: who waits for it, where the stream ended when it started, and how
+/// many appends it applied so far.
 struct Rebuilding {
-    reply: RebuildRequest,
+    waiters: Vec<RebuildRequest>,
+    target: u64,
     appends: u64,
+}
+
+impl Rebuilding {
+    fn answer(self, result: impl Fn() -> Result<Rebuilt, ProjectionError>) {
+        for waiter in self.waiters {
+            let _ = waiter.send(result());
+        }
+    }
 }
 
 async fn run<P: Projection>(
@@ -332,32 +424,71 @@ async fn run<P: Projection>(
     log: Arc<dyn EventLog>,
     at: LogAddress,
     mut requests: mpsc::Receiver<RebuildRequest>,
+    lease: Arc<Lease>,
 ) {
     let mut pause = FIRST_PAUSE;
     let mut rebuilding: Option<Rebuilding> = None;
     loop {
-        match follow(
-            &*projection,
-            &*log,
-            &at,
-            &mut requests,
-            &mut rebuilding,
-            &mut pause,
-        )
-        .await
-        {
+        // Standing by until this instance holds the lease; requests meanwhile are refused.
+        match log.lease(&lease.key, &lease.holder).await {
+            Ok(true) => lease.held.store(true, Ordering::SeqCst),
+            held => {
+                if let Err(e) = held {
+                    tracing::warn!(projection = P::NAME, error = %log_failure(e), "cannot take the projection's lease");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(LEASE_RENEW) => {}
+                    request = requests.recv() => match request {
+                        Some(reply) => drop(reply), // answered as "stopped"; the control says standby first
+                        None => return,
+                    },
+                }
+                continue;
+            }
+        }
+        tracing::info!(projection = P::NAME, "this instance runs the projection");
+        let outcome = tokio::select! {
+            outcome = follow(&*projection, &*log, &at, &mut requests, &mut rebuilding, &mut pause) => outcome,
+            lost = keep(&*log, &lease) => Err(lost),
+        };
+        lease.held.store(false, Ordering::SeqCst);
+        match outcome {
             Ok(()) => return,
             Err(error) => {
-                tracing::warn!(projection = P::NAME, stream = %at.stream, error = %error, retry_in = ?pause, "projection failed; it starts again from its position");
+                tracing::warn!(projection = P::NAME, stream = %at.stream, error = %error, retry_in = ?pause, "projection stopped; it starts again from its position");
                 if let Some(rebuild) = rebuilding.take() {
-                    let _ = rebuild.reply.send(Err(ProjectionError::new(
-                        format!("the rebuild of projection `{}` stopped after {} appends (the projection goes on trying)", P::NAME, rebuild.appends),
-                        Some(error.into()),
-                    )));
+                    let appends = rebuild.appends;
+                    rebuild.answer(|| {
+                        Err(ProjectionError::new(
+                            format!("the rebuild of projection `{}` stopped after {appends} appends: {error} (the projection goes on trying from its position)", P::NAME),
+                            None,
+                        ))
+                    });
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MOST_PAUSE);
             }
+        }
+    }
+}
+
+/// Renews the lease until it is lost: returns why.
+async fn keep(log: &dyn EventLog, lease: &Lease) -> Failure {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(LEASE_RENEW).await;
+        match log.lease(&lease.key, &lease.holder).await {
+            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                return Failure("another instance took the projection's lease over".into())
+            }
+            Err(e) if renewed.elapsed() + LEASE_RENEW >= LEASE_TTL => {
+                return Failure(format!(
+                    "cannot renew the projection's lease before it lapses: {}",
+                    log_failure(e)
+                ))
+            }
+            Err(_) => {}
         }
     }
 }
@@ -397,40 +528,51 @@ async fn follow<P: Projection>(
         .map_err(|e| Failure(format!("cannot read the read model's position: {e}")))?;
     let mut reader = log.read_stream(at, position).await.map_err(log_failure)?;
     let mut appends = Appends::default();
+    // The last sequence read (applied, held or skipped).
+    let mut seen = position;
     loop {
+        if let Some(rebuild) = rebuilding.take() {
+            if seen >= rebuild.target {
+                let appends = rebuild.appends;
+                tracing::info!(
+                    projection = P::NAME,
+                    appends,
+                    position,
+                    "projection rebuilt"
+                );
+                rebuild.answer(|| Ok(Rebuilt { appends, position }));
+            } else {
+                *rebuilding = Some(rebuild);
+            }
+        }
         let read = tokio::select! {
             biased;
             request = requests.recv() => {
                 let Some(reply) = request else { return Ok(()) };
-                projection
-                    .reset()
-                    .await
-                    .map_err(|e| Failure(format!("cannot reset the read model: {e}")))?;
-                tracing::info!(projection = P::NAME, stream = %at.stream, "read model reset; rebuilding it from the first event");
-                *rebuilding = Some(Rebuilding { reply, appends: 0 });
-                position = 0;
+                if let Some(rebuild) = rebuilding.as_mut() {
+                    rebuild.waiters.push(reply); // one rebuild answers both
+                    continue;
+                }
+                if let Err(e) = projection.reset().await {
+                    let why = format!("cannot reset the read model: {e}");
+                    let _ = reply.send(Err(ProjectionError::new(
+                        format!("projection `{}` was not rebuilt: {why}", P::NAME),
+                        None,
+                    )));
+                    return Err(Failure(why));
+                }
+                let target = log.last_sequence(at).await.map_err(log_failure)?;
+                tracing::info!(projection = P::NAME, stream = %at.stream, target, "read model reset; rebuilding it from the first event");
+                *rebuilding = Some(Rebuilding { waiters: vec![reply], target, appends: 0 });
+                (position, seen) = (0, 0);
                 reader = log.read_stream(at, 0).await.map_err(log_failure)?;
                 appends = Appends::default();
                 continue;
             }
             read = reader.next() => read.map_err(log_failure)?,
         };
-        if read.is_empty() {
-            if let Some(rebuild) = rebuilding.take() {
-                tracing::info!(
-                    projection = P::NAME,
-                    appends = rebuild.appends,
-                    position,
-                    "projection rebuilt"
-                );
-                let _ = rebuild.reply.send(Ok(Rebuilt {
-                    appends: rebuild.appends,
-                    position,
-                }));
-            }
-            continue;
-        }
         for followed in read {
+            seen = seen.max(followed.record.sequence);
             let taken = appends
                 .take_reading(followed, log, at)
                 .await
@@ -438,8 +580,7 @@ async fn follow<P: Projection>(
             if taken.complete.is_empty() {
                 continue;
             }
-            let complete = taken.complete;
-            let append = projected::<P>(complete, at)?;
+            let append = projected::<P>(taken.complete, at)?;
             let end = append.position;
             projection
                 .apply(append)

@@ -21,7 +21,9 @@ use tokio::sync::{Mutex, OnceCell};
 
 use super::provision::Retention;
 use super::JetStream;
-use crate::port::{EventLog, Followed, LogAddress, LogError, LogFollower, LogRead, LogRecord};
+use crate::port::{
+    EventLog, Followed, LogAddress, LogError, LogFollower, LogRead, LogRecord, LEASE_TTL,
+};
 
 /// The optimistic-concurrency header (nats-server 2.9 and later).
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
@@ -39,6 +41,7 @@ impl JetStream {
             js: Arc::clone(self),
             streams: Mutex::default(),
             snapshots: OnceCell::new(),
+            leases: OnceCell::new(),
         })
     }
 }
@@ -48,6 +51,7 @@ struct JetStreamLog {
     js: Arc<JetStream>,
     streams: Mutex<HashMap<String, jetstream::stream::Stream<()>>>,
     snapshots: OnceCell<kv::Store>,
+    leases: OnceCell<kv::Store>,
 }
 
 impl fmt::Debug for JetStreamLog {
@@ -95,6 +99,14 @@ impl JetStreamLog {
         let bucket = &self.js.settings.topology.snapshots_bucket;
         self.snapshots
             .get_or_try_init(|| self.js.ensure_bucket(bucket, Duration::ZERO))
+            .await
+            .map_err(|e| failed(format!("cannot provision bucket `{bucket}`"), e))
+    }
+
+    async fn leases(&self) -> Result<&kv::Store, LogError> {
+        let bucket = &self.js.settings.topology.leases_bucket;
+        self.leases
+            .get_or_try_init(|| self.js.ensure_bucket(bucket, LEASE_TTL))
             .await
             .map_err(|e| failed(format!("cannot provision bucket `{bucket}`"), e))
     }
@@ -337,6 +349,51 @@ impl EventLog for JetStreamLog {
                 },
             };
             JetStreamFollower::start(&consumer, &at.stream, true).await
+        })
+    }
+
+    fn last_sequence<'a>(&'a self, at: &'a LogAddress) -> BoxFuture<'a, Result<u64, LogError>> {
+        Box::pin(async move {
+            let stream = self.stream(at).await?;
+            let info = stream
+                .get_info()
+                .await
+                .map_err(|e| failed(format!("cannot read stream `{}`", at.stream), e))?;
+            Ok(info.state.last_sequence)
+        })
+    }
+
+    fn lease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<bool, LogError>> {
+        Box::pin(async move {
+            let leases = self.leases().await?;
+            let what = || format!("cannot take lease `{key}`");
+            let entry = leases.entry(key).await.map_err(|e| failed(what(), e))?;
+            // The bucket's age limit is the lease's term: a value not written again lapses.
+            let taken = match entry.filter(|e| e.operation == kv::Operation::Put) {
+                None => leases.create(key, holder.to_owned().into()).await.is_ok(),
+                Some(entry) if entry.value.as_ref() == holder.as_bytes() => leases
+                    .update(key, holder.to_owned().into(), entry.revision)
+                    .await
+                    .is_ok(),
+                Some(_) => false,
+            };
+            Ok(taken)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), LogError>> {
+        Box::pin(async move {
+            let leases = self.leases().await?;
+            let what = || format!("cannot release lease `{key}`");
+            let entry = leases.entry(key).await.map_err(|e| failed(what(), e))?;
+            if let Some(entry) = entry.filter(|e| e.value.as_ref() == holder.as_bytes()) {
+                // Only if no one took it since.
+                leases
+                    .delete_expect_revision(key, Some(entry.revision))
+                    .await
+                    .map_err(|e| failed(what(), e))?;
+            }
+            Ok(())
         })
     }
 

@@ -47,32 +47,40 @@ impl fmt::Debug for JetStream {
     }
 }
 
-/// Answers one request's payload.
+/// Sends one message to a request's reply subject.
+pub(crate) type Reply =
+    Arc<dyn Fn(Vec<u8>) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+/// Answers one request: its payload, and how to reply (as often as it takes).
 pub(crate) type Answer =
-    Arc<dyn Fn(bytes::Bytes) -> futures_util::future::BoxFuture<'static, Vec<u8>> + Send + Sync>;
+    Arc<dyn Fn(bytes::Bytes, Reply) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl JetStream {
-    /// Answers the requests on `subject` with `answer`, one at a time, for as long as it runs;
-    /// the instances of a service share the subscription (queue group `eda`), so one answers
-    /// each request.
+    /// Answers the requests on `subject` with `answer`, each in a task of its own, for as long
+    /// as it runs. Every instance of a service subscribes (no queue group): each answers for
+    /// itself, and the asker picks the answer it needs.
     pub(crate) async fn serve(self: Arc<Self>, subject: String, answer: Answer) {
-        let mut requests = match self
-            .client
-            .queue_subscribe(subject.clone(), "eda".into())
-            .await
-        {
-            Ok(requests) => requests,
-            Err(e) => {
-                tracing::warn!(subject = %subject, error = %e, "cannot listen for control requests");
-                return;
+        let mut requests = loop {
+            match self.client.subscribe(subject.clone()).await {
+                Ok(requests) => break requests,
+                Err(e) => {
+                    tracing::warn!(subject = %subject, error = %e, "cannot listen for control requests; trying again in 5 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
             }
         };
         while let Some(request) = futures_util::StreamExt::next(&mut requests).await {
-            let Some(reply) = request.reply else { continue };
-            let answered = answer(request.payload).await;
-            if let Err(e) = self.client.publish(reply, answered.into()).await {
-                tracing::warn!(subject = %subject, error = %e, "cannot answer a control request");
-            }
+            let Some(to) = request.reply else { continue };
+            let client = self.client.clone();
+            let reply: Reply = Arc::new(move |payload| {
+                let (client, to) = (client.clone(), to.clone());
+                Box::pin(async move {
+                    if let Err(e) = client.publish(to, payload.into()).await {
+                        tracing::warn!(error = %e, "cannot answer a control request");
+                    }
+                    let _ = client.flush().await;
+                })
+            });
+            tokio::spawn(answer(request.payload, reply));
         }
     }
 

@@ -31,6 +31,11 @@ pub struct Permissions {
     /// Its handlers that declare no `emits`: they get no right to publish events (a handler
     /// that publishes needs `emits = [..]`).
     pub undeclared: Vec<String>,
+    /// How many answers it may send to each request it receives (`allow_responses`), 0 for
+    /// none: a service with projections answers `eda projections rebuild` twice (started,
+    /// then done), to the asker's inbox only.
+    #[serde(default)]
+    pub allow_responses: u32,
 }
 
 /// The permissions service `service` needs with the default [`Topology`], from `catalog`
@@ -134,11 +139,14 @@ pub(crate) fn permissions_for(
     for subject in projection_permissions(topology, projected) {
         push_unique(&mut publish, subject);
     }
-    let mut control = Vec::new();
+    let (mut control, mut allow_responses) = (Vec::new(), 0);
     if !projected.is_empty() {
-        // Answering `eda projections rebuild`: its requests, and replies to their inboxes.
+        // Answering `eda projections rebuild`: its requests, and two answers to each.
         control.push(crate::aggregate::projection_rebuild_subject(service));
-        push_unique(&mut publish, "_INBOX.>".to_owned());
+        allow_responses = 2;
+        for subject in leases_permissions(topology, service) {
+            push_unique(&mut publish, subject);
+        }
     }
     emitted.sort_unstable();
     emitted.dedup();
@@ -150,7 +158,21 @@ pub(crate) fn permissions_for(
         publish,
         subscribe: [vec!["_INBOX.>".to_owned()], control].concat(),
         undeclared,
+        allow_responses,
     }
+}
+
+/// The leases that let one instance of the service run each of its projections: the bucket
+/// (created on first use) and the service's keys in it.
+fn leases_permissions(t: &Topology, service: &str) -> Vec<String> {
+    let (api, leases) = ("$JS.API", &t.leases_bucket);
+    vec![
+        format!("{api}.STREAM.INFO.KV_{leases}"),
+        format!("{api}.STREAM.CREATE.KV_{leases}"),
+        format!("{api}.STREAM.MSG.GET.KV_{leases}"),
+        format!("{api}.DIRECT.GET.KV_{leases}.$KV.{leases}.{service}.>"),
+        format!("$KV.{leases}.{service}.>"),
+    ]
 }
 
 /// What storing aggregates of these types takes: each type's stream (created on first use),
@@ -252,6 +274,9 @@ impl fmt::Display for Permissions {
             "  subscribe: {{\n    allow: [\n{}\n    ]\n  }}",
             list(&self.subscribe)
         )?;
+        if self.allow_responses > 0 {
+            writeln!(f, "  allow_responses: {{ max: {} }}", self.allow_responses)?;
+        }
         write!(f, "}}")
     }
 }

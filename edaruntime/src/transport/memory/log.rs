@@ -11,7 +11,9 @@ use futures_util::future::BoxFuture;
 
 use tokio::sync::Notify;
 
-use crate::port::{EventLog, Followed, LogAddress, LogError, LogFollower, LogRead, LogRecord};
+use crate::port::{
+    EventLog, Followed, LogAddress, LogError, LogFollower, LogRead, LogRecord, LEASE_TTL,
+};
 
 /// How long a follower waits for new messages before it returns none.
 const FOLLOW_WAIT: Duration = Duration::from_millis(500);
@@ -29,6 +31,8 @@ struct Inner {
     /// Where each durable follower of a stream is: `(stream, durable)` -> last delivered.
     positions: Mutex<HashMap<(String, String), u64>>,
     appended: Notify,
+    /// Leases by key: holder, and until when.
+    leases: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +135,33 @@ impl EventLog for MemoryLog {
             position: Position::Durable(durable.to_owned()),
         };
         Box::pin(async move { Ok(Box::new(follower) as Box<dyn LogFollower>) })
+    }
+
+    fn last_sequence<'a>(&'a self, at: &'a LogAddress) -> BoxFuture<'a, Result<u64, LogError>> {
+        let last = lock(&self.inner.streams)
+            .get(&at.stream)
+            .map_or(0, |s| s.sequence);
+        Box::pin(async move { Ok(last) })
+    }
+
+    fn lease<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<bool, LogError>> {
+        let now = tokio::time::Instant::now();
+        let mut leases = lock(&self.inner.leases);
+        let free = leases
+            .get(key)
+            .is_none_or(|(h, until)| h == holder || *until <= now);
+        if free {
+            leases.insert(key.to_owned(), (holder.to_owned(), now + LEASE_TTL));
+        }
+        Box::pin(async move { Ok(free) })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), LogError>> {
+        let mut leases = lock(&self.inner.leases);
+        if leases.get(key).is_some_and(|(h, _)| h == holder) {
+            leases.remove(key);
+        }
+        Box::pin(async { Ok(()) })
     }
 
     fn read_stream<'a>(
