@@ -27,8 +27,10 @@ use crate::port::{
 
 /// The optimistic-concurrency header (nats-server 2.9 and later).
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
-/// Messages read one by one before a consumer takes over the rest of a history.
-const GETS_BEFORE_CONSUMER: usize = 16;
+/// Messages read one by one before a consumer takes over the rest of a history; a history
+/// spanning more stream sequences than this (after the position asked for) is read through a
+/// consumer from the start: a get is a round trip, a consumer one round trip and a stream.
+const GETS_BEFORE_CONSUMER: usize = 8;
 /// Messages a reading consumer asks for at once.
 const CONSUMER_BATCH: usize = 1000;
 /// How long a reading consumer's request waits for messages the stream holds.
@@ -140,38 +142,31 @@ impl JetStreamLog {
             .await
             .map_err(|e| failed(format!("cannot read `{}`", at.subject), e))?;
         let result = async {
+            let what = || format!("cannot read `{}`", at.subject);
+            // A continuous pull: the next batch is on its way while this one is decoded.
+            let mut messages = reader
+                .stream()
+                .max_messages_per_batch(CONSUMER_BATCH)
+                .messages()
+                .await
+                .map_err(|e| failed(what(), e))?;
             while position < last {
-                let mut batch = reader
-                    .batch()
-                    .max_messages(CONSUMER_BATCH)
-                    .expires(CONSUMER_EXPIRES)
-                    .messages()
-                    .await
-                    .map_err(|e| failed(format!("cannot read `{}`", at.subject), e))?;
-                let before = position;
-                while let Some(message) = batch.next().await {
-                    let message =
-                        message.map_err(|e| failed(format!("cannot read `{}`", at.subject), e))?;
-                    let info = message
-                        .info()
-                        .map_err(|e| failed(format!("cannot read `{}`", at.subject), e))?;
-                    position = info.stream_sequence;
-                    records.push(LogRecord {
-                        sequence: position,
-                        time: SystemTime::from(info.published),
-                        headers: pairs(message.headers.as_ref()),
-                        payload: message.payload.clone(),
-                    });
-                    if position >= last {
-                        break;
-                    }
-                }
-                if position == before {
+                let next = tokio::time::timeout(CONSUMER_EXPIRES, messages.next()).await;
+                let Ok(Some(message)) = next else {
                     return Err(failed(
-                        format!("cannot read `{}`", at.subject),
+                        what(),
                         format!("the stream delivered nothing after sequence {position}, though the subject's last message is {last}"),
                     ));
-                }
+                };
+                let message = message.map_err(|e| failed(what(), e))?;
+                let info = message.info().map_err(|e| failed(what(), e))?;
+                position = info.stream_sequence;
+                records.push(LogRecord {
+                    sequence: position,
+                    time: SystemTime::from(info.published),
+                    headers: pairs(message.headers.as_ref()),
+                    payload: message.payload.clone(),
+                });
             }
             Ok(())
         }
@@ -265,6 +260,13 @@ impl EventLog for JetStreamLog {
             };
             let mut records = Vec::new();
             let mut position = after;
+            if last.saturating_sub(after) > GETS_BEFORE_CONSUMER as u64 {
+                // More stream sequences than gets are worth: a consumer at once (a long
+                // history, or the tail after a snapshot).
+                self.read_with_consumer(&stream, at, position, last, &mut records)
+                    .await?;
+                return Ok(LogRead { records, last });
+            }
             while position < last {
                 if records.len() == GETS_BEFORE_CONSUMER {
                     self.read_with_consumer(&stream, at, position, last, &mut records)
