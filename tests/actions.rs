@@ -763,6 +763,39 @@ async fn reload_starts_new_triggers_stops_removed_ones_after_draining_and_restar
     app.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_a_removed_triggers_events_do_not_keep_settle_waiting() {
+    let http = HttpServer::start(|_, _| Answer::status(200)).await;
+    let trigger = |name: &str| {
+        format!(
+            "[[trigger]]\nname = \"{name}\"\nevent = \"act.mem.ping\"\n[[trigger.action]]\ntype = \"web_service\"\nurl = \"{}/{name}/${{event.n}}\"\n",
+            http.url()
+        )
+    };
+    let file = actions_file(&(trigger("kept") + &trigger("gone")));
+    let app = App::builder("memory-reload")
+        .without_env()
+        .in_memory()
+        .handlers(&[])
+        .actions(&file)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, trigger("kept")).unwrap();
+    let report = app.reload_actions().await.unwrap();
+    assert_eq!(report.stopped, ["gone"]);
+    app.publisher()
+        .publish_raw("act.mem.ping", 1, "{\"n\":1}")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), app.settle())
+        .await
+        .expect("settle returns: no one waits for the removed trigger's consumer");
+    assert_eq!(http.requests_to("/kept/1").len(), 1);
+    assert!(http.requests_to("/gone/1").is_empty());
+    app.shutdown().await.unwrap();
+}
+
 #[test]
 fn the_shop_examples_actions_file_loads() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/actions.toml");
