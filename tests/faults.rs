@@ -707,6 +707,12 @@ async fn fault_12_the_server_killed_at_a_third_and_at_half_of_10_000_events_lose
     let acked = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let load = spawn_load(&app, EVENTS, Duration::ZERO, &acked);
     at_a_third_and_at_half(EVENTS, &acked, &mut server, async |server| {
+        // Frozen a moment first, so that publishes are sure to be in flight (sent, not yet
+        // acknowledged) when it dies: a kill between two bursts would cut none off.
+        if let Some(pid) = server.pid() {
+            signal(pid, "-STOP");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         server.stop();
         server.restart().unwrap_or_else(|e| panic!("{e}"));
     })
@@ -859,8 +865,11 @@ async fn fault_16_a_frozen_server_opens_the_breaker_turns_readyz_503_and_loses_n
         .configure(|b| {
             b.metrics_addr("127.0.0.1:0").breaker(
                 "outbox",
+                // A short window: the successes before the freeze age out of it before the
+                // first publish times out (5 s), however many there were.
                 eda::BreakerConfig::default()
                     .min_calls(2)
+                    .window(Duration::from_secs(3))
                     .open_for(Duration::from_secs(1)),
             )
         })
