@@ -827,23 +827,7 @@ async fn on_nats_the_event_store_works_with_exactly_the_generated_permissions() 
         block.publish.contains(&"agg.account.*".to_owned()),
         "{block}"
     );
-    let dir = std::env::temp_dir().join(format!(
-        "eda-es-permissions-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).expect("temporary directory");
-    let config = dir.join("server.conf");
-    std::fs::write(
-        &config,
-        format!("authorization: {{\n  users: [\n    {{ user: admin, password: admin }}\n    {{ user: bank, password: bank\n{block}\n    }}\n  ]\n}}\n"),
-    )
-    .expect("write the server configuration");
-    let server = eda::testing::NatsServer::start_with_args(&["-c", &config.to_string_lossy()])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let server = support::RestrictedServer::start("bank", &block);
     let app = TestApp::builder("bank")
         .nats(server.url())
         .handlers(&[])
@@ -898,8 +882,6 @@ async fn on_nats_the_event_store_works_with_exactly_the_generated_permissions() 
     assert_eq!(forwarded, 50, "the forwarder published every deposit");
     admin.shutdown().await.expect("shutdown");
     app.shutdown().await.expect("shutdown");
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A stream deleted behind the app's back is an error for the append that meets it (never a

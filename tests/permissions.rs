@@ -4,13 +4,14 @@
 //! before it reaches the server.
 #![allow(missing_docs, missing_debug_implementations)]
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eda::prelude::*;
-use eda::testing::{NatsServer, TestApp};
+use eda::testing::TestApp;
 use eda::{App, PublishError};
+
+mod support;
 
 #[event("member.joined")]
 pub struct MemberJoined {
@@ -47,34 +48,6 @@ async fn leak(event: MemberJoined, ctx: Context, refusals: State<Refusals>) {
         Err(e) => e.to_string(),
     };
     refusals.0.lock().unwrap().push(message);
-}
-
-/// A config file in a temporary directory, removed on drop.
-struct Config(PathBuf);
-
-impl Config {
-    fn write(text: &str) -> Config {
-        let dir = std::env::temp_dir().join(format!(
-            "eda-permissions-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("server.conf");
-        std::fs::write(&path, text).unwrap();
-        Config(path)
-    }
-}
-
-impl Drop for Config {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
 
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -121,12 +94,7 @@ async fn a_service_runs_with_exactly_its_generated_permissions_and_nothing_more(
         "the catalog's block lacks only the builder's declaration"
     );
 
-    let config = Config::write(&format!(
-        "authorization: {{\n  users: [\n    {{ user: admin, password: admin }}\n    {{ user: greeter, password: greeter\n{block}\n    }}\n  ]\n}}\n"
-    ));
-    let config_path = config.0.to_str().unwrap().to_owned();
-    let server =
-        NatsServer::start_with_args(&["-c", &config_path]).unwrap_or_else(|e| panic!("{e}"));
+    let server = support::RestrictedServer::start("greeter", &block);
     let admin = TestApp::builder("admin-tool")
         .nats(server.url())
         .handlers(&[])

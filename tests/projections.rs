@@ -449,17 +449,7 @@ async fn on_nats_a_projection_works_with_exactly_the_generated_permissions() {
             .contains(&"eda.control.reports.rebuild".to_owned()),
         "{block}"
     );
-    let dir =
-        std::env::temp_dir().join(format!("eda-projection-permissions-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temporary directory");
-    let config = dir.join("server.conf");
-    std::fs::write(
-        &config,
-        format!("authorization: {{\n  users: [\n    {{ user: admin, password: admin }}\n    {{ user: reports, password: reports\n{block}\n    }}\n  ]\n}}\n"),
-    )
-    .expect("write the server configuration");
-    let server = eda::testing::NatsServer::start_with_args(&["-c", &config.to_string_lossy()])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let server = support::RestrictedServer::start("reports", &block);
     // The writer (admin) stores the accounts; the reports service only reads them.
     let writer = eda::testing::TestApp::builder("bank")
         .nats(server.url())
@@ -517,6 +507,4 @@ async fn on_nats_a_projection_works_with_exactly_the_generated_permissions() {
     assert_eq!(projection.resets.load(Ordering::SeqCst), 1);
     reports.shutdown().await.expect("shutdown");
     writer.shutdown().await.expect("shutdown");
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -91,3 +91,44 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A `nats-server` of its own with two users: `admin` (password `admin`), allowed everything,
+/// and `user` (its password is its name), held to exactly `block` — for the least-privilege
+/// tests. Its configuration file is removed with it.
+pub struct RestrictedServer {
+    pub server: NatsServer,
+    dir: std::path::PathBuf,
+}
+
+impl RestrictedServer {
+    pub fn start(user: &str, block: &eda::Permissions) -> RestrictedServer {
+        let dir = std::env::temp_dir().join(format!(
+            "eda-permissions-{user}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let config = dir.join("server.conf");
+        std::fs::write(
+            &config,
+            format!("authorization: {{\n  users: [\n    {{ user: admin, password: admin }}\n    {{ user: {user}, password: {user}\n{block}\n    }}\n  ]\n}}\n"),
+        )
+        .expect("write the server configuration");
+        let server = NatsServer::start_with_args(&["-c", &config.to_string_lossy()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        RestrictedServer { server, dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+impl Drop for RestrictedServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
